@@ -1,0 +1,89 @@
+"""Implementation selection for every kernel op.
+
+Each public op lists its candidate implementations in priority order, each with an
+``is_supported(...) -> (ok, reason)`` check. ``impl="auto"`` (the default, or the value of the
+environment variable ``MIXERZOO_KERNEL_IMPL``) takes the first supported candidate and records why
+the others declined (:func:`explain`). An explicitly requested implementation never falls back: if it
+cannot run it raises :class:`KernelNotSupportedError` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+__all__ = [
+    "IMPLS",
+    "Impl",
+    "KernelNotSupportedError",
+    "explain",
+    "resolve_impl",
+]
+
+Impl = Literal["auto", "reference", "torch", "triton"]
+IMPLS: tuple[str, ...] = ("auto", "reference", "torch", "triton")
+ENV_VAR = "MIXERZOO_KERNEL_IMPL"
+
+_log = logging.getLogger("mixerzoo.kernels")
+_last: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
+
+
+class KernelNotSupportedError(RuntimeError):
+    """An explicitly requested kernel implementation cannot run these inputs."""
+
+
+Candidate = tuple[str, Callable[[], tuple[bool, str]]]
+
+
+def _requested(impl: str | None) -> str:
+    if impl is None or impl == "auto":
+        env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        if env not in IMPLS:
+            raise ValueError(f"{ENV_VAR}={env!r} is not one of {IMPLS}")
+        return env
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+    return impl
+
+
+def resolve_impl(op: str, impl: str | None, candidates: Sequence[Candidate]) -> str:
+    """Pick the implementation of ``op`` to run.
+
+    Args:
+        op: public op name, used in messages and by :func:`explain`.
+        impl: ``"auto"``/``None`` or an explicit implementation name.
+        candidates: ``(name, is_supported)`` pairs in priority order for ``auto``. ``is_supported``
+            returns ``(ok, reason)``; it is only called when needed.
+    """
+    want = _requested(impl)
+    names = [name for name, _ in candidates]
+    if want != "auto":
+        for name, check in candidates:
+            if name == want:
+                ok, reason = check()
+                if not ok:
+                    raise KernelNotSupportedError(f"{op}: impl={want!r} cannot run these inputs: {reason}")
+                _last[op] = (name, ())
+                return name
+        raise KernelNotSupportedError(f"{op}: impl={want!r} is not available for this op (has {names})")
+    declined: list[tuple[str, str]] = []
+    for name, check in candidates:
+        ok, reason = check()
+        if ok:
+            if declined:
+                _log.debug("%s: auto chose %r; declined: %s", op, name, declined)
+            _last[op] = (name, tuple(declined))
+            return name
+        declined.append((name, reason))
+    raise KernelNotSupportedError(f"{op}: no implementation can run these inputs: {declined}")
+
+
+def explain(op: str) -> str:
+    """Say which implementation ``op`` last ran and why ``auto`` declined the others."""
+    if op not in _last:
+        return f"{op}: not called yet"
+    name, declined = _last[op]
+    why = "; ".join(f"{n}: {r}" for n, r in declined) or "nothing declined"
+    return f"{op}: ran {name!r} ({why})"

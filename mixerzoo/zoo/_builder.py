@@ -1,0 +1,46 @@
+"""``build_backbone``: variant config + user overrides → a timm-built model (pretrained load, checkpoint
+filter, ``features_only`` through timm's getter wrapper)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from timm.models import build_model_with_cfg
+
+from mixerzoo.zoo._registry import PREFIX
+
+__all__ = ["build_backbone"]
+
+
+def build_backbone(
+    model_cls: type,
+    variant: str,
+    pretrained: bool,
+    config: Any,
+    *,
+    checkpoint_filter: Callable[..., Any] | None = None,
+    out_indices: int | Sequence[int] = 4,
+    **kwargs: Any,
+) -> Any:
+    """Build ``model_cls`` from the frozen dataclass ``config`` with ``kwargs`` overriding its fields.
+
+    Keyword arguments that are not config fields go to the model constructor (``num_classes``,
+    ``in_chans``, ``drop_path_rate``, ``device``, ...); unknown ones raise ``TypeError`` there.
+    """
+    arch = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for key in list(kwargs):
+        if key in arch:
+            arch[key] = kwargs.pop(key)
+    dataclasses.replace(config, **arch)  # re-validates the overridden config (its __post_init__)
+    feature_cfg = {"feature_cls": "getter", "out_indices": out_indices}
+    return build_model_with_cfg(
+        model_cls,
+        PREFIX + variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter,
+        feature_cfg=feature_cfg,
+        **arch,
+        **kwargs,
+    )

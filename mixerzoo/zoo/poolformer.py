@@ -1,0 +1,386 @@
+"""PoolFormer (MetaFormer) — a host of per-stage token mixers.
+
+Paper: "MetaFormer Is Actually What You Need for Vision", Yu et al., CVPR 2022, arXiv:2111.11418.
+Original code: https://github.com/sail-sg/poolformer (commit a075575b), Apache-2.0.
+
+Differences from the original, and why:
+* Key layout is timm's (``stem.conv``, ``stages.i.downsample.conv``, ``stages.i.blocks.j.*``,
+  ``head.norm``/``head.fc``), so timm's hub weights load unchanged; the official layout
+  (``patch_embed``/``network.N``) loads through :func:`checkpoint_filter`.
+* The head is the official one — GroupNorm(1 group) over the last feature map, spatial mean, Linear —
+  not timm's pool → LayerNorm2d → Linear (logits differ; bodies are identical).
+* Any token mixer from the registry can replace pooling, per stage (``mixers=``).
+
+The module is named ``poolformer`` rather than ``metaformer`` because timm already has a module of that
+name (timm's ``list_models(module=...)`` keys on the last module component).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from torch import Tensor, nn
+
+from mixerzoo.zoo._blocks import DropPath, Mlp, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._registry import register_backbone
+
+__all__ = ["PoolFormer", "PoolFormerConfig", "checkpoint_filter"]
+
+
+# ----------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class PoolFormerConfig:
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    dims: tuple[int, ...] = (64, 128, 320, 512)
+    mixers: str | tuple[str, ...] = "pooling"
+    mixer_options: Any = None  # dict for every stage, or one dict per stage
+    mlp_ratio: float = 4.0
+    layer_scale_init: float | None = 1e-5
+    pool_size: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"depths={self.depths!r} and dims={self.dims!r} must have the same length")
+
+
+# ----------------------------------------------------------------------------------------- blocks
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with one group: normalises each sample over (C, H, W) jointly."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__(1, num_channels, eps=eps)
+
+
+class Scale(nn.Module):
+    """Per-channel layer scale on ``[B, C, H, W]`` (key ``scale``, as timm's ``Scale``)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class PoolFormerBlock(nn.Module):
+    """``x + ls1 · mixer(GN(x))`` then ``x + ls2 · MLP(GN(x))`` on ``[B, C, H, W]``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        mixer: str,
+        mixer_options: dict[str, Any] | None,
+        mlp_ratio: float,
+        layer_scale_init: float | None,
+        pool_size: int,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.norm1 = GroupNorm1(dim)
+        self.token_mixer = make_mixer(mixer, dim, mixer_options, pool_size=pool_size)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        self.norm2 = GroupNorm1(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, use_conv=True)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path1(self.layer_scale1(run_mixer(self.token_mixer, self.norm1(x), "nchw")))
+        x = x + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
+        return x
+
+
+class Downsample(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Stem(nn.Module):
+    def __init__(self, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, 7, 4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class PoolFormerStage(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, *, downsample: bool, dpr: Sequence[float], **block: Any):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[PoolFormerBlock(dim, drop_path=dpr[j], **block) for j in range(depth)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class PoolFormerHead(nn.Module):
+    """Official head: GroupNorm(1) on the map → global pool → dropout → Linear."""
+
+    def __init__(self, dim: int, num_classes: int, global_pool: str, drop_rate: float) -> None:
+        super().__init__()
+        self.norm = GroupNorm1(dim)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(self.global_pool(self.norm(x)))
+        return x if pre_logits else self.fc(x)
+
+
+# ------------------------------------------------------------------------------------------ model
+class PoolFormer(nn.Module):
+    """PoolFormer / MetaFormer with registry mixers; input ``[B, C, H, W]``, any H, W ≥ 1."""
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (64, 128, 320, 512),
+        mixers: str | Sequence[str] = "pooling",
+        mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+        mlp_ratio: float = 4.0,
+        layer_scale_init: float | None = 1e-5,
+        pool_size: int = 3,
+        *,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        n = len(depths)
+        names = resolve_mixers(mixers, n, host="PoolFormer", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
+        if mixer_options is None or isinstance(mixer_options, Mapping):
+            opts = [dict(mixer_options or {})] * n
+        else:
+            opts = [dict(o or {}) for o in mixer_options]
+            if len(opts) != n:
+                raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {n} (one per stage)")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+        dpr = stage_dpr(depths, drop_path_rate)
+        with factory(device):
+            self.stem = Stem(in_chans, dims[0])
+            stages, self.feature_info = [], []
+            for i in range(n):
+                stages.append(
+                    PoolFormerStage(
+                        dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, dpr=dpr[i],
+                        mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratio,
+                        layer_scale_init=layer_scale_init, pool_size=pool_size,
+                    )
+                )  # fmt: skip
+                self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
+            self.stages = nn.Sequential(*stages)
+            self.head = PoolFormerHead(dims[-1], num_classes, global_pool, drop_rate)
+        self.apply(self._init_weights)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- timm contract -----------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        ref = self.head.norm.weight
+        self.head.fc = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` for the stages in ``indices``."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: PoolFormer supports 'NCHW' only")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil)."""
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------------------ checkpoint filter
+def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map the official sail-sg/poolformer layout (``patch_embed``, ``network.N``) to ours (= timm's).
+
+    timm-layout checkpoints pass through unchanged. Every official key is consumed or the call fails.
+    """
+    sd = dict(state_dict)
+    if "stem.conv.weight" in sd:  # timm layout (timm/poolformer_*.sail_in1k): already ours
+        return sd
+    out: dict[str, Tensor] = {}
+    # official: network.{0,2,4,6} are stages, {1,3,5} downsamplers (architectures.md §5.3)
+    for k, v in sd.items():
+        nk = k
+        nk = re.sub(r"^patch_embed\.proj\.", "stem.conv.", nk)
+        m = re.match(r"^network\.(\d+)\.proj\.(.*)$", nk)
+        if m:
+            nk = f"stages.{(int(m.group(1)) + 1) // 2}.downsample.conv.{m.group(2)}"
+        m = re.match(r"^network\.(\d+)\.(\d+)\.(.*)$", nk)
+        if m:
+            rest = m.group(3).replace("layer_scale_1", "layer_scale1.scale").replace("layer_scale_2", "layer_scale2.scale")
+            nk = f"stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.{rest}"
+        nk = re.sub(r"^norm\.", "head.norm.", nk)
+        nk = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", nk)
+        out[nk] = v
+    expected = set(model.state_dict())
+    unknown = sorted(set(out) - expected)
+    if unknown:
+        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in PoolFormer: {unknown[:8]}")
+    return out
+
+
+# ------------------------------------------------------------------------------ pretrained cfgs
+def _cfg(**kw: Any) -> dict[str, Any]:
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
+        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv", "classifier": "head.fc", "license": "apache-2.0",
+        "paper_ids": "arXiv:2111.11418", "origin_url": "https://github.com/sail-sg/poolformer", **kw,
+    }  # fmt: skip
+
+
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "poolformer_s12.sail_in1k": _cfg(hf_hub_id="timm/poolformer_s12.sail_in1k", crop_pct=0.9),
+    "poolformer_s24.sail_in1k": _cfg(hf_hub_id="timm/poolformer_s24.sail_in1k", crop_pct=0.9),
+    "poolformer_s36.sail_in1k": _cfg(hf_hub_id="timm/poolformer_s36.sail_in1k", crop_pct=0.9),
+    "poolformer_m36.sail_in1k": _cfg(hf_hub_id="timm/poolformer_m36.sail_in1k", crop_pct=0.95),
+    "poolformer_m48.sail_in1k": _cfg(hf_hub_id="timm/poolformer_m48.sail_in1k", crop_pct=0.95),
+    "poolformer_s12.orig_in1k": _cfg(
+        url="https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar", crop_pct=0.9
+    ),
+}
+
+
+def _create(variant: str, pretrained: bool, config: PoolFormerConfig, **kwargs: Any) -> PoolFormer:
+    return build_backbone(PoolFormer, variant, pretrained, config, checkpoint_filter=checkpoint_filter, **kwargs)
+
+
+# ------------------------------------------------------------------------------ variant builders
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def poolformer_s12(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """PoolFormer-S12: 11.9 M params, 1.8 GMACs, 77.2 % top-1."""
+    return _create("poolformer_s12", pretrained, PoolFormerConfig((2, 2, 6, 2), (64, 128, 320, 512)), **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def poolformer_s24(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """PoolFormer-S24: 21.4 M params, 3.4 GMACs, 80.3 % top-1."""
+    return _create("poolformer_s24", pretrained, PoolFormerConfig((4, 4, 12, 4), (64, 128, 320, 512)), **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def poolformer_s36(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """PoolFormer-S36: 30.9 M params, 5.0 GMACs, 81.4 % top-1."""
+    cfg = PoolFormerConfig((6, 6, 18, 6), (64, 128, 320, 512), layer_scale_init=1e-6)
+    return _create("poolformer_s36", pretrained, cfg, **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def poolformer_m36(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """PoolFormer-M36: 56.2 M params, 8.8 GMACs, 82.1 % top-1."""
+    cfg = PoolFormerConfig((6, 6, 18, 6), (96, 192, 384, 768), layer_scale_init=1e-6)
+    return _create("poolformer_m36", pretrained, cfg, **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def poolformer_m48(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """PoolFormer-M48: 73.5 M params, 11.6 GMACs, 82.5 % top-1."""
+    cfg = PoolFormerConfig((8, 8, 24, 8), (96, 192, 384, 768), layer_scale_init=1e-6)
+    return _create("poolformer_m48", pretrained, cfg, **kwargs)
+
+
+@register_backbone(default_cfg=_cfg(input_size=(3, 64, 64), pool_size=(2, 2)), test=True)
+def test_poolformer(pretrained: bool = False, **kwargs: Any) -> PoolFormer:
+    """Tiny PoolFormer for tests."""
+    return _create("test_poolformer", pretrained, PoolFormerConfig((1, 1, 1, 1), (16, 24, 32, 48)), **kwargs)
