@@ -96,7 +96,10 @@ class PoolFormerBlock(nn.Module):
         self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path1(self.layer_scale1(run_mixer(self.token_mixer, self.norm1(x), "nchw")))
+        if torch.jit.is_scripting():  # TorchScript: the mixer must take nchw (pooling, identity, gates)
+            x = x + self.drop_path1(self.layer_scale1(self.token_mixer(self.norm1(x))))
+        else:
+            x = x + self.drop_path1(self.layer_scale1(run_mixer(self.token_mixer, self.norm1(x), "nchw")))
         x = x + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
         return x
 
@@ -235,12 +238,13 @@ class PoolFormer(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
             self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        ref = self.head.norm.weight
+        ref = self.stem.conv.weight
         self.head.fc = (
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0
             else nn.Identity()
         )
+        self.head.train(self.training)
 
     def forward_intermediates(
         self,
@@ -271,6 +275,10 @@ class PoolFormer(nn.Module):
     ) -> list[int]:
         take, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
+        dim = self.feature_info[max_index]["num_chs"]
+        if prune_norm or dim != self.num_features:
+            self.head.norm = nn.Identity()
+        self.num_features = self.head_hidden_size = dim
         if prune_head:
             self.reset_classifier(0, "")
         return take

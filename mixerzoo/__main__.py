@@ -1,0 +1,5 @@
+import sys
+
+from mixerzoo.cli import main
+
+sys.exit(main())
