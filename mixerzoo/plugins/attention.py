@@ -19,7 +19,7 @@ class Attention(nn.Module):
 
     Args:
         dim: channels C.
-        num_heads: heads; default ``dim // head_dim``.
+        num_heads: heads; default ``dim // head_dim`` (rounded down to a divisor of ``dim``, at least 1).
         head_dim: used only when ``num_heads`` is None (MetaFormer convention, 32).
         qkv_bias: bias of the fused qkv projection.
         qk_norm: LayerNorm on q and k per head.
@@ -44,10 +44,10 @@ class Attention(nn.Module):
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if num_heads is None:
-            if dim % head_dim:
-                raise ValueError(f"dim={dim} is not divisible by head_dim={head_dim}; pass num_heads")
-            num_heads = dim // head_dim
+        if num_heads is None:  # MetaFormer convention: heads of ``head_dim`` channels (at least one head)
+            num_heads = max(1, dim // head_dim)
+            while dim % num_heads:
+                num_heads -= 1
         if num_heads <= 0 or dim % num_heads:
             raise ValueError(f"num_heads={num_heads!r} must be a positive divisor of dim={dim}")
         self.num_heads = num_heads

@@ -97,11 +97,25 @@ class PoolFormerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript: the mixer must take nchw (pooling, identity, gates)
-            x = x + self.drop_path1(self.layer_scale1(self.token_mixer(self.norm1(x))))
+            y = self.token_mixer(self.norm1(x))
         else:
-            x = x + self.drop_path1(self.layer_scale1(run_mixer(self.token_mixer, self.norm1(x), "nchw")))
-        x = x + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
-        return x
+            y = run_mixer(self.token_mixer, self.norm1(x), "nchw")
+        x = self._residual(x, y, self.layer_scale1, self.drop_path1)
+        h = self.mlp.act(self.mlp.fc1(self.norm2(x)))
+        if isinstance(self.layer_scale2, Scale) and isinstance(self.drop_path2, nn.Identity):
+            # fold the layer scale into fc2 (one pass less over the map): ls·(W h + b) = (ls·W) h + ls·b
+            ls = self.layer_scale2.scale
+            fc2 = self.mlp.fc2
+            bias = fc2.bias * ls if fc2.bias is not None else None
+            return x + F.conv2d(h, fc2.weight * ls.view(-1, 1, 1, 1), bias)
+        return x + self.drop_path2(self.layer_scale2(self.mlp.fc2(h)))
+
+    @staticmethod
+    def _residual(x: Tensor, y: Tensor, scale: nn.Module, drop_path: nn.Module) -> Tensor:
+        """``x + drop_path(scale(y))``, as one fused ``addcmul`` when there is no drop path."""
+        if isinstance(scale, Scale) and isinstance(drop_path, nn.Identity):
+            return torch.addcmul(x, scale.scale.view(1, -1, 1, 1), y)
+        return x + drop_path(scale(y))
 
 
 class Downsample(nn.Module):
@@ -260,7 +274,7 @@ class PoolFormer(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r}: PoolFormer supports 'NCHW' only")
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
-        x = self.stem(x)
+        x = self.stem(x).contiguous(memory_format=torch.channels_last)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         for i, stage in enumerate(stages):
             x = stage(x)
@@ -284,8 +298,12 @@ class PoolFormer(nn.Module):
         return take
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil)."""
-        x = self.stem(x)
+        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil).
+
+        The body runs in ``channels_last`` memory format (1×1 convs become plain GEMMs on CPU and GPU);
+        the logical layout stays NCHW.
+        """
+        x = self.stem(x).contiguous(memory_format=torch.channels_last)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
         return self.stages(x)
