@@ -76,3 +76,14 @@ def test_fx_trace_matches_eager(name: str) -> None:
     x = _example(spec)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), mixer(x))
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_torch_compile_matches_eager(name: str) -> None:
+    """Dynamo can capture the mixer (aot_eager backend: graph capture + autograd, no C++ build)."""
+    spec = plugins.mixer_spec(name)
+    mixer = plugins.create_mixer(name, DIM, num_heads=HEADS).eval()
+    x = _example(spec)
+    compiled = torch.compile(mixer, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(_call(compiled, x), _call(mixer, x), rtol=1e-4, atol=1e-5)
