@@ -44,3 +44,16 @@ def build_backbone(
         **arch,
         **kwargs,
     )
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, Any]:
+    """The tensor dict inside an official checkpoint: unwraps ``state_dict``/``model``/``state_dict_ema``/
+    ``model_ema`` containers and strips the ``module.`` prefix that ``nn.DataParallel`` adds."""
+    sd = obj
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict):
+        raise TypeError(f"checkpoint holds {type(obj).__name__}, not a state dict")
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}

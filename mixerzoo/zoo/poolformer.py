@@ -30,7 +30,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, Mlp, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
-from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["PoolFormer", "PoolFormerConfig", "checkpoint_filter"]
@@ -321,7 +321,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
 
     timm-layout checkpoints pass through unchanged. Every official key is consumed or the call fails.
     """
-    sd = dict(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if "stem.conv.weight" in sd:  # timm layout (timm/poolformer_*.sail_in1k): already ours
         return sd
     out: dict[str, Tensor] = {}

@@ -24,7 +24,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, Mlp, factory, make_mixer, resolve_mixers, trunc_normal_
-from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["VisionTransformer", "ViTConfig", "checkpoint_filter"]
@@ -265,7 +265,7 @@ class VisionTransformer(nn.Module):
 def checkpoint_filter(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """timm's ViT layout is ours; resample ``pos_embed`` when the grid differs. Unknown keys fail."""
     out = {}
-    for k, v in state_dict.items():
+    for k, v in unwrap_state_dict(state_dict).items():
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
             v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=1)
         out[k] = v

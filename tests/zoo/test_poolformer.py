@@ -62,3 +62,14 @@ def test_params_match_official_counts() -> None:
         model = mixerzoo.create_model(name, device="meta")
         got = sum(p.numel() for p in model.parameters())
         assert abs(got - n) / n < 0.005, (name, got)
+
+
+def test_checkpoint_filter_unwraps_training_checkpoints() -> None:
+    blob = load_file(EXPECT / "official_tiny.safetensors")
+    wrapped = {"epoch": 3, "state_dict": {"module." + k[3:]: v for k, v in blob.items() if k.startswith("sd.")}}
+    model = mixerzoo.create_model(
+        "poolformer_s12", depths=(1, 1, 2, 1), dims=(16, 24, 32, 48), num_classes=10, layer_scale_init=0.5
+    ).eval()
+    model.load_state_dict(checkpoint_filter(wrapped, model), strict=True)
+    with torch.no_grad():
+        assert (model(blob["input"]) - blob["logits"]).abs().max().item() <= 1e-4
