@@ -52,18 +52,17 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> An
     ``out_indices``, ``drop_path_rate``, ``device``, ``dtype``, ...), ``mixers=`` and any field of the
     family's config. Unknown names raise :class:`UnknownModelError` with close matches.
     """
+    from mixerzoo import hub  # lazy: hub imports nothing from zoo at import time
+
     if isinstance(model_name, str) and model_name.startswith(_HUB_PREFIXES):
-        try:
-            from mixerzoo import hub
-        except ImportError:  # pragma: no cover - hub is part of the package
-            hub = None
-        preflight = getattr(hub, "preflight", None)
-        if preflight is not None:
-            preflight(model_name, **kwargs)
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    arch, tag = split_name(model_name)
-    get_entry(model_name)
-    return timm.create_model(PREFIX + arch + (f".{tag}" if tag else ""), pretrained=pretrained, **kwargs)
+        timm_name = model_name
+    else:
+        arch, tag = split_name(model_name)
+        get_entry(model_name)  # unknown names fail here, with close matches
+        timm_name = PREFIX + arch + (f".{tag}" if tag else "")
+    # hub checks before anything is built: requires/architecture/model_args, safetensors-only verified weights
+    kwargs = hub.prepare_kwargs(timm_name, pretrained=pretrained, **kwargs)
+    return timm.create_model(timm_name, pretrained=pretrained, **kwargs)
 
 
 def get_checkpoint_filter(model_name: str) -> Any:

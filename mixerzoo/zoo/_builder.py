@@ -29,6 +29,10 @@ def build_backbone(
     Keyword arguments that are not config fields go to the model constructor (``num_classes``,
     ``in_chans``, ``drop_path_rate``, ``device``, ...); unknown ones raise ``TypeError`` there.
     """
+    from mixerzoo import hub  # lazy: avoids an import cycle
+
+    # plain timm.create_model("hf-hub:...") gets the same checks as mixerzoo.create_model
+    hub.guard_pretrained(kwargs.get("pretrained_cfg"), pretrained=pretrained)
     arch = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     for key in list(kwargs):
         if key in arch:
