@@ -1,0 +1,140 @@
+"""``mixerzoo train | finetune | eval`` sub-commands (also ``python -m mixerzoo.train``).
+
+Every Recipe field is a flag (``lr_base`` → ``--lr-base``; booleans also have ``--no-...``); ``--config FILE``
+reads a YAML recipe; flags given on the command line win over the file. Errors in the recipe, the data or
+the model name end the command with a one-line message (exit status 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .recipe import Recipe, RecipeError, _base_type, build_recipe, field_types, recipe_fields
+
+__all__ = ["build_parser", "main", "register", "run_command"]
+
+_HELP = {
+    "train": "train a model with the common recipe (default data: the bundled digits)",
+    "finetune": "fine-tune pretrained weights (name, hf-hub:, local-dir: or folder) on new data",
+    "eval": "evaluate a model on a data source's validation split",
+}
+_EPILOG = ("Defaults shown are the base (DeiT/PoolFormer) recipe; per-family, fine-tuning and digits defaults, "
+           "then --config, then flags override them (see mixerzoo.train.recipe). The resolved recipe is written to "
+           "<output>/recipe.json.")
+_EVAL_FIELDS = {"model", "data", "val_data", "val_split", "num_classes", "in_chans", "img_size", "crop_pct",
+                "interpolation", "batch_size", "workers", "amp", "device", "seed", "quiet"}
+
+
+def _echo(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    p.add_argument("--config", metavar="YAML", default=None, help="recipe file (YAML mapping of recipe keys)")
+    hints = field_types()
+    for f in recipe_fields():
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp, optional = _base_type(hints[f.name])
+        help_ = f.metadata.get("help", "")
+        if f.name != "model":
+            factory = f.default_factory
+            shown = factory() if callable(factory) else f.default
+            help_ = f"{help_} [default: {shown}]"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.metadata.get("nargs"):
+            p.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar=("LO", "HI"), **kw)
+        else:
+            conv = {int: int, float: float, str: str}.get(tp, str)
+            if optional:
+                base = conv
+
+                def conv(s: str, _b: Any = base) -> Any:  # "none" clears an optional value
+                    return None if s.lower() in ("none", "null") else _b(s)
+
+                conv.__name__ = base.__name__
+            p.add_argument(flag, type=conv, metavar=f.name.upper(), **kw)
+        if f.name == "model":
+            p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL", help="same as --model")
+
+
+def build_parser(prog: str = "mixerzoo") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="mixerzoo training recipe")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train``, ``finetune`` and ``eval`` to an argparse sub-parser collection."""
+    for name in ("train", "finetune", "eval"):
+        p = subparsers.add_parser(name, help=_HELP[name], description=_HELP[name], epilog=_EPILOG)
+        _add_recipe_flags(p, only=_EVAL_FIELDS if name == "eval" else None)
+        p.set_defaults(func=run_command, command=name)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in recipe_fields()}
+    out = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "model_pos", None):
+        if "model" in out and out["model"] != args.model_pos:
+            raise RecipeError(f"model given twice: {args.model_pos!r} and --model {out['model']!r}")
+        out["model"] = args.model_pos
+    return out
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Execute a parsed ``train``/``finetune``/``eval`` command; returns the exit status."""
+    quiet = bool(getattr(args, "quiet", False))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    try:
+        recipe = build_recipe(_overrides(args), mode=args.command, config=args.config)
+        if args.command == "eval":
+            from .loop import evaluate_recipe
+
+            res = evaluate_recipe(recipe)
+            if _is_main():
+                _echo(json.dumps(res) if quiet else
+                      f"{recipe.model} on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+                      f"loss {res['loss']:.4f}  ({res['count']} images, {res['seconds']:.1f}s)")
+            return 0
+        from .loop import fit
+
+        result = fit(recipe, mode=args.command)
+        if _is_main():
+            _echo(result.summary)
+        return 0
+    except RecipeError as e:
+        sys.stderr.write(f"mixerzoo {args.command}: error: {e}\n")
+        return 2
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m mixerzoo.train") -> int:
+    """``python -m mixerzoo.train [train|finetune|eval] ...``; ``train`` is implied when omitted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "finetune", "eval", "-h", "--help"):
+        argv = ["train", *argv]
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def recipe_from_args(argv: list[str], mode: str = "train") -> Recipe:
+    """Parse flags (without the sub-command) into a Recipe: handy for tests and notebooks."""
+    parser = build_parser()
+    args = parser.parse_args([mode, *argv])
+    return build_recipe(_overrides(args), mode=mode, config=args.config)
