@@ -74,6 +74,8 @@ class Scale(nn.Module):
 class PoolFormerBlock(nn.Module):
     """``x + ls1 · mixer(GN(x))`` then ``x + ls2 · MLP(GN(x))`` on ``[B, C, H, W]``."""
 
+    __constants__ = ["fused_residual"]  # noqa: RUF012 - TorchScript's constant list
+
     def __init__(
         self,
         dim: int,
@@ -94,28 +96,27 @@ class PoolFormerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, use_conv=True)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale2 = Scale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        # a constant for TorchScript (dead branches are pruned): fuse layer scale + residual when possible
+        self.fused_residual = layer_scale_init is not None and drop_path == 0
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript: the mixer must take nchw (pooling, identity, gates)
             y = self.token_mixer(self.norm1(x))
         else:
             y = run_mixer(self.token_mixer, self.norm1(x), "nchw")
-        x = self._residual(x, y, self.layer_scale1, self.drop_path1)
+        if self.fused_residual:  # x + ls1·y as one addcmul pass
+            x = torch.addcmul(x, self.layer_scale1.scale.view(1, -1, 1, 1), y)
+        else:
+            x = x + self.drop_path1(self.layer_scale1(y))
         h = self.mlp.act(self.mlp.fc1(self.norm2(x)))
-        if isinstance(self.layer_scale2, Scale) and isinstance(self.drop_path2, nn.Identity):
+        if self.fused_residual:
             # fold the layer scale into fc2 (one pass less over the map): ls·(W h + b) = (ls·W) h + ls·b
             ls = self.layer_scale2.scale
-            fc2 = self.mlp.fc2
-            bias = fc2.bias * ls if fc2.bias is not None else None
-            return x + F.conv2d(h, fc2.weight * ls.view(-1, 1, 1, 1), bias)
+            bias = self.mlp.fc2.bias
+            if bias is not None:
+                bias = bias * ls
+            return x + F.conv2d(h, self.mlp.fc2.weight * ls.view(-1, 1, 1, 1), bias)
         return x + self.drop_path2(self.layer_scale2(self.mlp.fc2(h)))
-
-    @staticmethod
-    def _residual(x: Tensor, y: Tensor, scale: nn.Module, drop_path: nn.Module) -> Tensor:
-        """``x + drop_path(scale(y))``, as one fused ``addcmul`` when there is no drop path."""
-        if isinstance(scale, Scale) and isinstance(drop_path, nn.Identity):
-            return torch.addcmul(x, scale.scale.view(1, -1, 1, 1), y)
-        return x + drop_path(scale(y))
 
 
 class Downsample(nn.Module):

@@ -1,0 +1,5 @@
+"""Non-overlapping (optionally Swin-shifted) window attention (HiLo Hi-Fi, Swin W-MSA / SW-MSA)."""
+
+from mixerzoo.kernels.window.api import window_attention_2d
+
+__all__ = ["window_attention_2d"]
