@@ -42,6 +42,7 @@ above. Reshape ``[B, N, C]`` projections with ``.view(B, N, H, D)`` and the outp
 
 from __future__ import annotations
 
+from mixerzoo.kernels import _flops
 import math
 
 import torch
@@ -104,6 +105,14 @@ def linear_attention(
         raise ValueError(f"feature_eps must be >= 0, got feature_eps={feature_eps}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be >= 0, got eps={eps}")
+    if _flops.counting():
+        return _flops.charge(
+            OP, _flops.linear_attention_flops(q.shape, k.shape, v.shape),
+            lambda q_, k_, v_: linear_attention(
+                q_, k_, v_, kernel=kernel, focusing_factor=focusing_factor, feature_eps=feature_eps, eps=eps, impl=impl
+            ),
+            (q, k, v), (*q.shape[:3], v.shape[-1]), q.dtype,
+        )  # fmt: skip
 
     def triton_ok() -> tuple[bool, str]:
         ok, reason = _triton.triton_supported_for(q, k, v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mixerzoo.kernels import _flops
 import torch
 
 from mixerzoo.kernels._dispatch import Impl, resolve_impl
@@ -110,6 +111,12 @@ def neighborhood_attention_2d(
     if scale is None:
         scale = head_dim**-0.5
     scale = float(scale)
+    if _flops.counting():  # FLOP counters charge what NA computes, not the dense tiles of the CPU path
+        return _flops.charge(
+            OP, _flops.na2d_flops(q.shape, v.shape, ks),
+            lambda q_, k_, v_, rpb_: neighborhood_attention_2d(q_, k_, v_, ks, dil, rpb=rpb_, scale=scale, impl=impl),
+            (q, k, v, rpb), q.shape, q.dtype,
+        )  # fmt: skip
 
     if q.device.type == "meta":  # shape inference through the registered op's fake implementation
         from mixerzoo.kernels.neighborhood import triton as _tri

@@ -33,6 +33,7 @@ routed regions by pointer arithmetic inside the kernel (no copy) and has a deter
 
 from __future__ import annotations
 
+from mixerzoo.kernels import _flops
 import math
 
 import torch
@@ -117,6 +118,12 @@ def routed_attention(
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got scale={scale}")
+    if _flops.counting():
+        return _flops.charge(
+            OP, _flops.routed_flops(q.shape, v.shape, topk_index.shape[-1]),
+            lambda q_, k_, v_, i_, m_: routed_attention(q_, k_, v_, i_, scale=scale, key_padding_mask=m_, impl=impl),
+            (q, k, v, topk_index, key_padding_mask), (*q.shape[:4], v.shape[-1]), q.dtype,
+        )  # fmt: skip
 
     def triton_ok() -> tuple[bool, str]:
         ok, reason = _triton.triton_supported_for(q, k, v, topk_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mixerzoo.kernels import _flops
 import torch
 
 from mixerzoo.kernels._dispatch import Impl, resolve_impl
@@ -71,6 +72,14 @@ def window_attention_2d(
             )
     _check_rpb(rpb, q, (heads, 2 * win[0] - 1, 2 * win[1] - 1))
     scale = float(head_dim**-0.5 if scale is None else scale)
+    if _flops.counting():
+        n_win = (height // win[0]) * (width // win[1])
+        area = win[0] * win[1]
+        return _flops.charge(
+            OP, _flops.dense_attention_flops(q.shape[0] * heads * n_win, area, area, head_dim, v.shape[-1]),
+            lambda q_, k_, v_, rpb_: window_attention_2d(q_, k_, v_, win, shift=sh, rpb=rpb_, scale=scale, impl=impl),
+            (q, k, v, rpb), q.shape, q.dtype,
+        )  # fmt: skip
 
     if q.device.type == "meta":
         return torch.empty_like(q)
