@@ -202,7 +202,23 @@ TIMM_FUNCS = [
 ]
 
 
-@pytest.mark.parametrize("func,args", TIMM_FUNCS, ids=[f for f, _ in TIMM_FUNCS])
-@pytest.mark.parametrize("name", TIMM_MODELS)
+# TorchScript (deprecated since torch 2.14) cannot compile these families' kernel dispatch (autograd Functions,
+# keyword-only kernel APIs); they run under eager, torch.compile and torch.fx instead. strict: fixing one flags it.
+NO_TORCHSCRIPT = {"litv2", "flatten_swin", "flatten_pvt"}
+
+
+def _timm_cases() -> list:
+    cases = []
+    for name in TIMM_MODELS:
+        family = mixerzoo.zoo.get_entry(name).family
+        for func, args in TIMM_FUNCS:
+            marks = []
+            if func == "test_model_forward_torchscript" and family in NO_TORCHSCRIPT:
+                marks = [pytest.mark.xfail(reason=f"{family}: not TorchScript-able (kernel dispatch)", strict=True)]
+            cases.append(pytest.param(name, func, args, marks=marks, id=f"{name}-{func}"))
+    return cases
+
+
+@pytest.mark.parametrize("name,func,args", _timm_cases())
 def test_timm_model_tests(timm_tests, name: str, func: str, args: tuple) -> None:
     getattr(timm_tests, func)(f"mz_{name}", *args)

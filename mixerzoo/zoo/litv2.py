@@ -1,0 +1,471 @@
+"""LITv2 — a hierarchical host whose late stages use HiLo attention.
+
+Paper: "Fast Vision Transformers with HiLo Attention", Pan et al., NeurIPS 2022, arXiv:2205.13213.
+Original code: https://github.com/ziplab/LITv2 (commit 7501c866), Apache-2.0.
+
+Differences from the original, and why:
+* Deformable token merging runs on ``torchvision.ops.deform_conv2d``: the same (dy, dx) tap-major offset
+  layout as the official CUDA extension (architectures.md §2.6), so no custom build and a CPU path.
+* Key layout is timm-style (``stages.i.downsample`` at the *start* of stage i, ``head`` a Linear); the
+  official layout (``layers.i.downsample`` at the end of stage i, ``norm_layer``, ``mlp.dwconv.dwconv``)
+  loads through :func:`checkpoint_filter`.
+* Any input size (the official classification model asserts its training size): the image is zero-padded
+  to a multiple of the patch size, odd maps to even before token merging, and HiLo pads and masks its
+  windows (see ``mixerzoo.plugins.hilo``). Identical to the original at multiples of 32.
+* Token mixers come from the registry per stage (``mixers=``); ``"none"`` is LITv2's MLP-only block
+  (``has_msa = 0``: no ``norm1``/``attn``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.layers import register_notrace_module
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._registry import register_backbone
+
+__all__ = ["LITv2", "LITv2Config", "checkpoint_filter"]
+
+NO_MIXER = "none"
+
+
+_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _fused_inference(x: Tensor, module: nn.Module) -> bool:
+    """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
+    CPU fp32 inference (no grad needed), outside scripting/compilation."""
+    if not _FUSED or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
+# ----------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class LITv2Config:
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    dims: tuple[int, ...] = (96, 192, 384, 768)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    mixers: str | tuple[str, ...] = ("none", "none", "hilo", "hilo")
+    mixer_options: Any = None  # dict for every stage, or one dict per stage
+    window_sizes: tuple[int, ...] = (0, 0, 2, 1)  # HiLo s per stage (official LOCAL_WS)
+    alpha: float = 0.9
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    patch_size: int = 4
+
+    def __post_init__(self) -> None:
+        n = len(self.depths)
+        for name in ("dims", "num_heads", "window_sizes"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name}={getattr(self, name)!r} must have len(depths)={n} entries")
+
+
+# ----------------------------------------------------------------------------------------- blocks
+@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
+class DWMlp(nn.Module):
+    """fc1 → depthwise 3×3 conv on the hidden map → GELU → fc2, on ``[B, H, W, C]``."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.fc1(x)
+        if _fused_inference(x, self):  # depthwise conv + GELU in one oneDNN pass (channels-last)
+            c = self.dwconv
+            x = torch.ops.mkldnn._convolution_pointwise(
+                x.permute(0, 3, 1, 2), c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none"
+            ).permute(0, 2, 3, 1)
+        else:
+            x = self.act(self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        x = self.drop(x)
+        return self.drop(self.fc2(x))
+
+
+class LITBlock(nn.Module):
+    """``x + attn(LN(x))`` (absent for ``mixer="none"``) then ``x + DWMlp(LN(x))``, on ``[B, H, W, C]``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        mixer: str,
+        mixer_options: dict[str, Any] | None,
+        num_heads: int,
+        window_size: int,
+        alpha: float,
+        qkv_bias: bool,
+        mlp_ratio: float,
+        drop_path: float,
+        drop: float,
+    ) -> None:
+        super().__init__()
+        if mixer != NO_MIXER:
+            self.norm1 = nn.LayerNorm(dim)
+            self.attn = make_mixer(
+                mixer, dim, mixer_options, num_heads=num_heads, window_size=max(window_size, 1), alpha=alpha,
+                qkv_bias=qkv_bias, proj_drop=drop,
+            )  # fmt: skip
+        else:
+            self.norm1 = self.attn = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = DWMlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.attn is not None:
+            x = x + self.drop_path(run_mixer(self.attn, self.norm1(x), "nhwc"))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class DeformConv2d(nn.Module):
+    """Deformable conv with its offset predictor (official ``DeformConv2dPack`` keys), on torchvision."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 2, stride: int = 2) -> None:
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.conv_offset = nn.Conv2d(in_dim, 2 * kernel_size * kernel_size, kernel_size, stride)
+        nn.init.uniform_(self.weight, -1 / math.sqrt(in_dim * kernel_size**2), 1 / math.sqrt(in_dim * kernel_size**2))
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset = self.conv_offset(x)
+        if x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and x.device.type == "cpu"):
+            # torchvision has no bf16 (nor CPU fp16) deformable im2col: run this one op in fp32
+            w, b = self.weight.float(), self.bias.float()
+            return deform_conv2d(x.float(), offset.float(), w, b, stride=self.stride).to(x.dtype)
+        return deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), stride=self.stride)
+
+
+@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
+class TokenMerging(nn.Module):
+    """LITv2's deformable token merging (DTM): ``[B, H, W, C]`` → ``[B, ⌈H/2⌉, ⌈W/2⌉, 2C]``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.dconv = DeformConv2d(in_dim, out_dim)
+        self.norm = nn.BatchNorm2d(out_dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 3, 1, 2)
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            x = F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+        return self.act(self.norm(self.dconv(x))).permute(0, 2, 3, 1)
+
+
+@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
+class PatchEmbed(nn.Module):
+    """Conv ``p×p`` stride ``p`` → LayerNorm; ``[B, C, H, W]`` → ``[B, ⌈H/p⌉, ⌈W/p⌉, D]``."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        if x.shape[2] % p or x.shape[3] % p:
+            x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class LITStage(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, *, downsample: bool, dpr: Sequence[float], **block: Any):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = TokenMerging(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[LITBlock(dim, drop_path=dpr[j], **block) for j in range(depth)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+# ------------------------------------------------------------------------------------------ model
+class LITv2(nn.Module):
+    """LITv2 (MLP-only early stages, HiLo late stages, deformable token merging); input ``[B, C, H, W]``."""
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        mixers: str | Sequence[str] = ("none", "none", "hilo", "hilo"),
+        mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+        window_sizes: Sequence[int] = (0, 0, 2, 1),
+        alpha: float = 0.9,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        patch_size: int = 4,
+        *,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        n = len(depths)
+        names = (mixers,) * n if isinstance(mixers, str) else tuple(mixers)
+        if len(names) != n:
+            raise ValueError(f"mixers={mixers!r}: LITv2 needs one mixer name or {n} names (one per stage)")
+        real = [m for m in names if m != NO_MIXER]
+        if real:
+            resolve_mixers(real, len(real), host="LITv2", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
+        if mixer_options is None or isinstance(mixer_options, Mapping):
+            opts = [dict(mixer_options or {})] * n
+        else:
+            opts = [dict(o or {}) for o in mixer_options]
+            if len(opts) != n:
+                raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {n} (one per stage)")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}: LITv2 supports 'avg' or ''")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+        dpr = stage_dpr(depths, drop_path_rate)
+        with factory(device):
+            self.patch_embed = PatchEmbed(in_chans, dims[0], patch_size)
+            stages, self.feature_info = [], []
+            for i in range(n):
+                stages.append(
+                    LITStage(
+                        dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, dpr=dpr[i], mixer=names[i],
+                        mixer_options=opts[i], num_heads=num_heads[i], window_size=window_sizes[i], alpha=alpha,
+                        qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, drop=proj_drop_rate,
+                    )
+                )  # fmt: skip
+                self.feature_info.append({"num_chs": dims[i], "reduction": patch_size * 2**i, "module": f"stages.{i}"})
+            self.stages = nn.Sequential(*stages)
+            self.norm = nn.LayerNorm(dims[-1])
+            self.head_drop = nn.Dropout(drop_rate)
+            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, DWMlp):
+            fan_out = m.dwconv.kernel_size[0] * m.dwconv.kernel_size[1]  # out_channels / groups = 1
+            nn.init.normal_(m.dwconv.weight, 0, math.sqrt(2.0 / fan_out))
+            nn.init.zeros_(m.dwconv.bias)
+
+    # ---- timm contract -----------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        blocks = (
+            r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]
+        )
+        return {"stem": r"^patch_embed", "blocks": blocks}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool={global_pool!r}: LITv2 supports 'avg' or ''")
+            self.global_pool = global_pool
+        ref = self.patch_embed.proj.weight
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+        self.head.train(self.training)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (``norm``: final LayerNorm on the last stage)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: LITv2 supports 'NCHW' or 'NHWC'")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        intermediates = []
+        x = self.patch_embed(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return x.permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
+        x = self.patch_embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------------------ checkpoint filter
+def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map the official ziplab/LITv2 layout (architectures.md §2.4) to ours; ours passes through.
+
+    Every official key is renamed or the call fails (strict key accounting).
+    """
+    sd = dict(state_dict["model"]) if "model" in state_dict else dict(state_dict)
+    if not any(k.startswith("layers.") for k in sd):
+        return sd
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        nk = k
+        # official downsample sits at the END of stage i (layers.i.downsample); ours at the start of i + 1
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", nk)
+        if m:
+            rest = m.group(2).replace("norm_layer.", "norm.")
+            nk = f"stages.{int(m.group(1)) + 1}.downsample.{rest}"
+        # blocks: layers.i.blocks.j -> stages.i.blocks.j; DWConv's inner module is flattened
+        nk = re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", nk)
+        nk = nk.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
+        out[nk] = v
+    expected = set(model.state_dict())
+    unknown = sorted(set(out) - expected)
+    if unknown:
+        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in LITv2: {unknown[:8]}")
+    return out
+
+
+# ------------------------------------------------------------------------------ pretrained cfgs
+def _cfg(**kw: Any) -> dict[str, Any]:
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+        "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
+        "paper_ids": "arXiv:2205.13213", "origin_url": "https://github.com/ziplab/LITv2", **kw,
+    }  # fmt: skip
+
+
+_REL = "https://github.com/ziplab/LITv2/releases/download/v1.0"
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "litv2_small.orig_in1k": _cfg(url=f"{_REL}/litv2_s.pth"),
+    "litv2_medium.orig_in1k": _cfg(url=f"{_REL}/litv2_m.pth"),
+    "litv2_base.orig_in1k": _cfg(url=f"{_REL}/litv2_b.pth"),
+    "litv2_base_384.orig_in1k": _cfg(url=f"{_REL}/litv2_b_384.pth", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+}
+
+
+def _create(variant: str, pretrained: bool, config: LITv2Config, **kwargs: Any) -> LITv2:
+    return build_backbone(LITv2, variant, pretrained, config, checkpoint_filter=checkpoint_filter, **kwargs)
+
+
+_SMALL = LITv2Config((2, 2, 6, 2), (96, 192, 384, 768), (3, 6, 12, 24))
+_MEDIUM = LITv2Config((2, 2, 18, 2), (96, 192, 384, 768), (3, 6, 12, 24))
+_BASE = LITv2Config((2, 2, 18, 2), (128, 256, 512, 1024), (4, 8, 16, 32))
+
+
+# ------------------------------------------------------------------------------ variant builders
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def litv2_small(pretrained: bool = False, **kwargs: Any) -> LITv2:
+    """LITv2-S: 27.8 M params, 3.7 GMACs, 82.0 % top-1 (drop_path 0.2 in training)."""
+    return _create("litv2_small", pretrained, _SMALL, **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def litv2_medium(pretrained: bool = False, **kwargs: Any) -> LITv2:
+    """LITv2-M: 48.8 M params, 7.5 GMACs, 83.3 % top-1 (drop_path 0.3 in training)."""
+    return _create("litv2_medium", pretrained, _MEDIUM, **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def litv2_base(pretrained: bool = False, **kwargs: Any) -> LITv2:
+    """LITv2-B: 86.5 M params, 13.2 GMACs, 83.6 % top-1 (drop_path 0.5 in training)."""
+    return _create("litv2_base", pretrained, _BASE, **kwargs)
+
+
+@register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
+def litv2_base_384(pretrained: bool = False, **kwargs: Any) -> LITv2:
+    """LITv2-B fine-tuned at 384²: 86.5 M params, 39.7 GMACs, 84.7 % top-1."""
+    return _create("litv2_base_384", pretrained, _BASE, **kwargs)
+
+
+@register_backbone(default_cfg=_cfg(input_size=(3, 64, 64), pool_size=(2, 2)), test=True)
+def test_litv2(pretrained: bool = False, **kwargs: Any) -> LITv2:
+    """Tiny LITv2 for tests (HiLo with both branches in stage 3, plain MHSA in stage 4)."""
+    cfg = LITv2Config((1, 1, 2, 1), (16, 32, 64, 128), (1, 2, 4, 4))
+    return _create("test_litv2", pretrained, cfg, **kwargs)
