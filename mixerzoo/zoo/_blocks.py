@@ -8,14 +8,18 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from torch import Tensor, nn
 
 from mixerzoo.plugins import create_mixer, mixer_spec
 
 __all__ = [
     "DropPath",
+    "FusedMlp",
     "Mlp",
+    "PatchEmbedNHWC",
+    "fused_cpu_inference",
     "factory",
     "make_mixer",
     "resolve_mixers",
@@ -106,3 +110,53 @@ def stage_dpr(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]
         out.append(rates[start : start + d])
         start += d
     return out
+
+
+# ---- shared by the NHWC families (LITv2, FLatten-Swin, FLatten-PVT)
+_ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_cpu_inference(x: Tensor, module: nn.Module) -> bool:
+    """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
+    CPU fp32 inference (no grad needed), outside scripting/compilation."""
+    if not _ONEDNN_FUSED or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
+@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
+class FusedMlp(nn.Module):
+    """fc1 → GELU → fc2 (timm's ``Mlp`` keys); fc1 + GELU fused by oneDNN in CPU fp32 inference."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if fused_cpu_inference(x, self):
+            x = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
+        else:
+            x = self.act(self.fc1(x))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
+class PatchEmbedNHWC(nn.Module):
+    """Conv ``p×p`` stride ``p`` → LayerNorm; ``[B, C, H, W]`` → ``[B, ⌈H/p⌉, ⌈W/p⌉, D]``."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        if x.shape[2] % p or x.shape[3] % p:
+            x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))

@@ -30,6 +30,7 @@ from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -60,56 +61,6 @@ class FLattenPVTConfig:
 
 
 # ----------------------------------------------------------------------------------------- blocks
-# Copied from mixerzoo.zoo.litv2._fused_inference (keep the copies identical)
-_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _fused_inference(x: Tensor, module: nn.Module) -> bool:
-    """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
-    CPU fp32 inference (no grad needed), outside scripting/compilation."""
-    if not _FUSED or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
-
-
-@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
-class Mlp(nn.Module):
-    """fc1 → GELU → fc2 (timm's ``Mlp`` keys); fc1 + GELU fused by oneDNN in CPU fp32 inference."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if _fused_inference(x, self):
-            x = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
-        else:
-            x = self.act(self.fc1(x))
-        return self.drop(self.fc2(self.drop(x)))
-
-
-@register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
-class PatchEmbed(nn.Module):
-    """Conv ``p×p`` stride ``p`` → LayerNorm; ``[B, C, H, W]`` → ``[B, ⌈H/p⌉, ⌈W/p⌉, D]``."""
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        p = self.patch_size
-        if x.shape[2] % p or x.shape[3] % p:
-            x = F.pad(x, (0, (-x.shape[3]) % p, 0, (-x.shape[2]) % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
 class PVTBlock(nn.Module):
     """``x + mixer(LN(x))`` then ``x + MLP(LN(x))`` on ``[B, H, W, C]`` (LayerNorm eps 1e-6)."""
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._blocks import fused_cpu_inference as _fused_inference
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -41,17 +42,6 @@ __all__ = ["LITv2", "LITv2Config", "checkpoint_filter"]
 NO_MIXER = "none"
 
 
-_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _fused_inference(x: Tensor, module: nn.Module) -> bool:
-    """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
-    CPU fp32 inference (no grad needed), outside scripting/compilation."""
-    if not _FUSED or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
 
 
 # ----------------------------------------------------------------------------------------- config
