@@ -43,6 +43,18 @@ _POOLFORMER = "https://github.com/sail-sg/poolformer (README; params/GMACs measu
 _BIFORMER = "https://github.com/rayleizhu/BiFormer (README; params/GMACs measured with fvcore, architectures.md §0)"
 _LITV2 = "https://github.com/ziplab/LITv2 (README; GMACs from the repo's own counter, which counts the deformable conv)"
 _FLATTEN = "https://github.com/LeapLabTHU/FLatten-Transformer (README top-1; params/GMACs measured with fvcore, §0)"
+_FLATTEN_PVT2 = (
+    "https://github.com/LeapLabTHU/FLatten-Transformer (README top-1; params/GMACs: torch.utils.flop_counter on the "
+    "official models/flatten_pvt_v2.py at abdb115f, la_sr_ratios='1111', 224², counted for mixerzoo)"
+)
+_FLATTEN_CSWIN = (
+    "https://github.com/LeapLabTHU/FLatten-Transformer; params/GMACs: torch.utils.flop_counter on the official "
+    "models/flatten_cswin.py at abdb115f (attn_type='LLSS', cfgs/flatten_cswin_*.yaml), counted for mixerzoo"
+)
+_PVT2_TIMM = (
+    "https://github.com/whai362/PVT (PVTv2); params/GMACs: torch.utils.flop_counter on timm 1.0.31 pvt_v2_b* at 224² "
+    "(the port whose weights mixerzoo loads; the README's 0.6/2.1/4.0/6.9/10.1/11.8 GFLOPs are rounded)"
+)
 _NAT = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (README; NA = 2·H·W·K²·C MACs, §0)"
 _NAT_README = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (classification/DiNAT.md, d334f5b)"
 _CBAM = "https://github.com/Jongchan/attention-module (repo checkpoint top-1; params/GMACs measured with fvcore, §0)"
@@ -65,13 +77,32 @@ OFFICIAL: dict[str, Official] = {
     "biformer_small": Official(25.54, 4.49, 83.8, _BIFORMER, gmacs_readme=4.5),
     "biformer_base": Official(56.81, 9.80, 84.3, _BIFORMER, gmacs_readme=9.8),
     "biformer_stl": Official(28.37, 4.59, 82.7, _BIFORMER, gmacs_readme=4.6, note="Swin-T layout"),
+    "biformer_stl_nchw": Official(
+        28.37, 4.59, 82.7, _BIFORMER, gmacs_readme=4.6,
+        note="refactored nchw BRA; README 28.4 M / 4.6 G; same layers as biformer_stl (fvcore 4.59 there)",
+    ),
     # -------------------------------------------------------------------------------------- LITv2
     "litv2_small": Official(27.84, 3.73, 82.0, _LITV2, gmacs_readme=3.7),
     "litv2_medium": Official(48.83, 7.48, 83.3, _LITV2, gmacs_readme=7.5),
     "litv2_base": Official(86.52, 13.19, 83.6, _LITV2, gmacs_readme=13.2),
     "litv2_base_384": Official(86.52, 39.71, 84.7, _LITV2, img_size=384, gmacs_readme=39.7),
     # ------------------------------------------------------------------------------------ FLatten
-    "flatten_pvt_v2_b0": Official(3.59, 0.59, 71.1, _FLATTEN),
+    "flatten_pvt_v2_b0": Official(
+        3.59, 0.580, 71.1, _FLATTEN_PVT2,
+        note="fvcore on the official code gives 0.59 GMACs: its LayerNorm charge is 1.7% of this small model "
+        "(56x56x32 stage-0 maps), beyond the 1% tolerance; 0.580 is torch.utils.flop_counter on the official code",
+    ),
+    "flatten_pvt_v2_b1": Official(12.93, 2.23, None, _FLATTEN, note="no released weights; top-1 not published"),
+    **{
+        f"flatten_pvt_v2_b{i}": Official(p, g, None, _FLATTEN_PVT2, note="no released weights; top-1 not published")
+        for i, p, g in ((2, 22.55, 4.251), (3, 38.27, 7.284), (4, 51.84, 10.677), (5, 67.06, 12.436))
+    },
+    # plain PVTv2 hosts (timm's weights): counted on timm's pvt_v2 (a port of whai362/PVT), which mixerzoo loads
+    **{
+        f"pvt_v2_b{i}": Official(p, g, None, _PVT2_TIMM)
+        for i, p, g in ((0, 3.67, 0.566), (1, 14.01, 2.108), (2, 25.36, 4.027), (3, 45.24, 6.897),
+                        (4, 62.56, 10.101), (5, 81.96, 11.717))
+    },  # fmt: skip
     "flatten_pvt_tiny": Official(12.15, 2.05, 77.8, _FLATTEN),
     "flatten_pvt_small": Official(
         None, None, None, _FLATTEN,
@@ -91,6 +122,11 @@ OFFICIAL: dict[str, Official] = {
         no_official_figure="FLatten's README gives only the @384 top-1 (85.0); §0 has no params/GMACs at 384",
     ),
     "flatten_cswin_tiny": Official(21.20, 4.34, 83.1, _FLATTEN),
+    "flatten_cswin_small": Official(35.45, 6.783, None, _FLATTEN_CSWIN, note="no released weights; top-1 not published"),
+    "flatten_cswin_base": Official(74.87, 14.913, None, _FLATTEN_CSWIN, note="no released weights; top-1 not published"),
+    "flatten_cswin_base_384": Official(
+        78.37, 46.305, None, _FLATTEN_CSWIN, img_size=384, note="no released weights; top-1 not published"
+    ),
     # Swin baselines (the FLatten family's plain-window variants; timm's port of the official model)
     "swin_tiny_patch4_window7_224": Official(28.29, 4.51, 81.2, _SWIN),
     "swin_small_patch4_window7_224": Official(49.61, 8.77, 83.2, _SWIN),
@@ -116,6 +152,14 @@ OFFICIAL: dict[str, Official] = {
     "dinat_s_tiny": Official(28.29, 4.49, 81.8, _NAT, gmacs_readme=4.5),
     "dinat_s_small": Official(49.61, 8.74, 83.5, _NAT, gmacs_readme=8.7),
     "dinat_s_base": Official(87.77, 15.43, 83.8, _NAT, gmacs_readme=15.4),
+    # Isotropic NAT / DiNAT / ViT-rpb: README (classification/DiNAT.md) GMACs and top-1; params counted by
+    # instantiating the official isotropic.py (README rounds them to 22M / 86M)
+    "nat_isotropic_small": Official(22.00, 4.3, 80.0, _NAT_README, note="isotropic, 7x7 NA"),
+    "dinat_isotropic_small": Official(22.00, 4.3, 80.8, _NAT_README, note="isotropic, dilation 1/2"),
+    "vitrpb_small": Official(22.08, 4.6, 81.2, _NAT_README, note="ViT + 2-D relative position bias"),
+    "nat_isotropic_base": Official(86.47, 16.9, 81.6, _NAT_README, note="isotropic, 7x7 NA"),
+    "dinat_isotropic_base": Official(86.47, 16.9, 82.1, _NAT_README, note="isotropic, dilation 1/2"),
+    "vitrpb_base": Official(86.63, 17.5, 82.5, _NAT_README, note="ViT + 2-D relative position bias"),
     # ------------------------------------------------------------------------- CBAM / triplet ResNets
     "resnet50_cbam": Official(28.09, 4.12, 77.62, _CBAM, note="paper: 77.34 top-1, 3.864 GFLOPs"),
     **{
