@@ -71,6 +71,7 @@ _BUILTIN_FALLBACK: dict[str, str] = {
     "focused_linear": "mixerzoo.plugins.focused_linear:FocusedLinearAttention",
     "window": "mixerzoo.plugins.window:WindowAttention",
     "spatial_reduction": "mixerzoo.plugins.spatial_reduction:SpatialReductionAttention",
+    "cross_shaped": "mixerzoo.plugins.cross_shaped:CrossShapedAttention",
 }
 
 

@@ -204,7 +204,7 @@ TIMM_FUNCS = [
 
 # TorchScript (deprecated since torch 2.14) cannot compile these families' kernel dispatch (autograd Functions,
 # keyword-only kernel APIs); they run under eager, torch.compile and torch.fx instead. strict: fixing one flags it.
-NO_TORCHSCRIPT = {"litv2", "flatten_swin", "flatten_pvt"}
+NO_TORCHSCRIPT = {"litv2", "flatten_swin", "flatten_pvt", "flatten_pvt_v2", "flatten_cswin"}
 
 
 def _timm_cases() -> list:
