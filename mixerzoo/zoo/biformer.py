@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d, SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -83,6 +84,69 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class _NormMlpFunction(torch.autograd.Function):
+    """``fc2(GELU(fc1(LayerNorm(x))))`` that saves only ``x`` and ``fc1``'s output for backward.
+
+    Eager autograd keeps four activations per block (LN input, LN output, fc1 output, GELU output: ``8·C``
+    per token at mlp_ratio 3); here LN and GELU (element-wise, cheap) are recomputed in backward, which
+    keeps ``4·C``. Same forward ops, same matmuls in backward (at 640² this is ~140 MB of BiFormer-T's
+    saved activations). Parameter order: LN weight, LN bias, fc1 weight/bias, fc2 weight/bias.
+    """
+
+    @staticmethod
+    def forward(ctx, x, eps, ln_w, ln_b, w1, b1, w2, b2):  # noqa: ANN001, ANN205, PLR0913
+        h = F.linear(F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps), w1, b1)
+        ctx.eps = eps
+        ctx.save_for_backward(x, h, ln_w, ln_b, w1, w2)
+        return F.linear(F.gelu(h), w2, b2)
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: ANN001, ANN205
+        x, h, ln_w, ln_b, w1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        h2 = h.reshape(-1, h.shape[-1])
+        a = F.gelu(h2)
+        gw2 = gy2.t().mm(a) if need[6] else None
+        gb2 = gy2.sum(0) if need[7] else None
+        del a
+        dh = torch.ops.aten.gelu_backward(gy2.mm(w2), h2)
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(need[0])
+            wd = ln_w.detach().requires_grad_(need[2]) if ln_w is not None else None
+            bd = ln_b.detach().requires_grad_(need[3]) if ln_b is not None else None
+            xn = F.layer_norm(xd, x.shape[-1:], wd, bd, ctx.eps)
+        gw1 = dh.t().mm(xn.detach().reshape(-1, xn.shape[-1])) if need[4] else None
+        gb1 = dh.sum(0) if need[5] else None
+        gx = gln_w = gln_b = None
+        if need[0] or need[2] or need[3]:
+            dxn = dh.mm(w1).view(xn.shape)
+            leaves = [t for t in (xd, wd, bd) if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(xn, leaves, dxn))
+            gx = next(grads) if need[0] else None
+            gln_w = next(grads) if wd is not None and need[2] else None
+            gln_b = next(grads) if bd is not None and need[3] else None
+        return gx, None, gln_w, gln_b, gw1, gb1, gw2, gb2
+
+
+def _norm_mlp(x: Tensor, norm: nn.LayerNorm, mlp: Mlp) -> Tensor:
+    """``mlp(norm(x))``; with autograd on (eager), through :class:`_NormMlpFunction` to save memory."""
+    plain = (
+        not isinstance(x, Tensor)  # torch.fx proxy
+        or torch.compiler.is_compiling()
+        or not torch.is_grad_enabled()
+        or type(mlp) is not Mlp
+        or not isinstance(mlp.act, nn.GELU)
+        or mlp.act.approximate != "none"
+        or not isinstance(norm, nn.LayerNorm)
+    )
+    if plain:
+        return mlp(norm(x))
+    return _NormMlpFunction.apply(
+        x, norm.eps, norm.weight, norm.bias, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
+    )
+
+
 class BiFormerBlock(nn.Module):
     """``x += DWConv3×3(x)``; then (NHWC) ``x += mixer(LN(x))``, ``x += MLP(LN(x))``; ``[B, C, H, W]`` in and out."""
 
@@ -99,8 +163,13 @@ class BiFormerBlock(nn.Module):
         x = x + self.pos_embed(x)
         x = x.permute(0, 2, 3, 1)
         x = x + self.drop_path(self._mix(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self._mlp(x))
         return x.permute(0, 3, 1, 2)
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self.mlp(self.norm2(x))
+        return _norm_mlp(x, self.norm2, self.mlp)
 
     def _mix(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript: built-in (nhwc) mixers only

@@ -25,10 +25,13 @@ returns the padding mask; one copy) → one ``Linear`` to q|k|v → ``view(B, R,
 (region means, scaled affinity, ``topk``) is the mixer's job; pass ``scale`` explicitly (BiFormer uses
 ``qk_dim ** -0.5`` with the *full* qk dim, not the head dim).
 
-No implementation materialises ``K*T`` scores for all regions at once with autograd: ``torch`` copies the routed
-K/V regions once and runs fused SDPA (CPU flash, log-sum-exp saved, no score matrix); ``triton`` gathers the
-routed regions by pointer arithmetic inside the kernel (no copy) and has a deterministic backward
-(an inverted routing index instead of atomics).
+No implementation materialises ``K*T`` scores for all regions at once with autograd. ``torch`` works chunk by
+chunk over query regions: it copies one chunk's routed K/V regions (a few MiB) and runs CPU flash attention on
+them; its autograd Function saves only q, k, v, the output, the log-sum-exp and the routing, and re-gathers
+each chunk in backward (the ``K``-fold K/V copy is never held for all regions, nor kept for backward). Without
+autograd and with dense routing (``K >= R/4``, small maps) it runs one masked SDPA over the whole map instead.
+``triton`` gathers the routed regions by pointer arithmetic inside the kernel (no copy) and has a
+deterministic backward (an inverted routing index instead of atomics).
 """
 
 from __future__ import annotations
