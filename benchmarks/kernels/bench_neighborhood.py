@@ -5,6 +5,7 @@ CPU part (always): NA 7x7, B=8, 4 heads x 32, fp32, forward + backward
      over alternating runs (target >= 3x);
   2. the fast path at 56^2, 112^2, 224^2 (time should grow ~linearly with tokens) with the process's peak
      RSS, next to the memory dense attention would need for its score matrix alone.
+  3. no-grad (inference) fast path vs reference at the NAT-Mini / DiNAT-Mini stage geometries.
 CUDA part (only when CUDA is present): the Triton kernels vs dense SDPA, FlexAttention and NATTEN
 (if installed): ms, useful TFLOP/s (49 keys per query) and achieved GB/s (q, k, v read + o written
 forward; plus do, o read and dq, dk, dv written backward).
@@ -106,6 +107,29 @@ def cpu_section(args) -> None:
         f"speed-up {med['reference'] / med['torch']:.1f}x ({clock}, median of {args.rounds}, alternating)"
     )
     del q, k, v
+    inference_section(args, clock)
+
+
+def inference_section(args, clock: str) -> None:
+    """No-grad path (fused SDPA on the tiles, cached mask) at the NAT-Mini / DiNAT-Mini stage geometries."""
+    print(f"inference (no grad), NAT-Mini stages at 224^2, B={args.batch}, head dim 32 ({clock}, median):")
+    stages = ((56, 2, 1), (56, 2, 8), (28, 4, 1), (28, 4, 4), (14, 8, 1), (14, 8, 2), (7, 16, 1))
+    for size, heads, dil in stages:
+        q, k, v = _inputs(args.batch, size, heads, 32, grad=False)
+        rpb = torch.randn(heads, 13, 13)
+
+        def run(impl, q=q, k=k, v=v, rpb=rpb, dil=dil):
+            def f():
+                with torch.no_grad():
+                    neighborhood_attention_2d(q, k, v, 7, dil, rpb=rpb, impl=impl)
+
+            return f
+
+        med = _alternate({"torch": run("torch"), "reference": run("reference")}, args.rounds, cpu=args.cpu_time)
+        print(
+            f"  {size:3d}^2 x {heads:2d} heads, dilation {dil}: fast {med['torch'] * 1e3:7.1f} ms | "
+            f"reference {med['reference'] * 1e3:7.1f} ms | speed-up {med['reference'] / med['torch']:5.1f}x"
+        )
 
 
 def _flex_fwd(qd, kd, vd, size, kernel):
