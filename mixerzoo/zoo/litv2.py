@@ -4,8 +4,12 @@ Paper: "Fast Vision Transformers with HiLo Attention", Pan et al., NeurIPS 2022,
 Original code: https://github.com/ziplab/LITv2 (commit 7501c866), Apache-2.0.
 
 Differences from the original, and why:
-* Deformable token merging runs on ``torchvision.ops.deform_conv2d``: the same (dy, dx) tap-major offset
-  layout as the official CUDA extension (architectures.md §2.6), so no custom build and a CPU path.
+* Deformable token merging is :func:`deform_conv2x2_nhwc` (gathers + one GEMM on channels-last maps, autograd
+  by PyTorch): the maths of ``torchvision.ops.deform_conv2d`` and of the official CUDA extension, same (dy, dx)
+  tap-major offset layout (architectures.md §2.6), so no custom build and a fast CPU path (tested against
+  torchvision, forward and gradients).
+* CPU fp32 inference runs each block's MLP sub-layer a few images at a time (same ops, no autograd), see
+  ``_mlp_residual_inference``.
 * Key layout is timm-style (``stages.i.downsample`` at the *start* of stage i, ``head`` a Linear); the
   official layout (``layers.i.downsample`` at the end of stage i, ``norm_layer``, ``mlp.dwconv.dwconv``)
   loads through :func:`checkpoint_filter`.
@@ -30,14 +34,13 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
 from mixerzoo.zoo._blocks import fused_cpu_inference as _fused_inference
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
-__all__ = ["LITv2", "LITv2Config", "checkpoint_filter"]
+__all__ = ["LITv2", "LITv2Config", "checkpoint_filter", "deform_conv2x2_nhwc"]
 
 NO_MIXER = "none"
 
@@ -121,18 +124,110 @@ class LITBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = DWMlp(dim, int(dim * mlp_ratio), drop)
 
+    def _chunked_inference(self, x: Tensor) -> bool:
+        if isinstance(x, torch.fx.Proxy) or self.training or torch.is_autocast_enabled("cpu"):
+            return False  # fx records the eager path; dropout / drop-path / autocast run eagerly
+        return x.is_contiguous() and _fused_inference(x, self)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.attn is not None:
             x = x + self.drop_path(run_mixer(self.attn, self.norm1(x), "nhwc"))
+        if self._chunked_inference(x):  # same maths, batch-chunked, no autograd
+            return _mlp_residual_inference(x, self.norm2, self.mlp)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
 
+# Hidden-map bytes per chunk of the inference MLP: below glibc's 32 MiB mmap threshold, but few chunks. Measured on
+# LITv2-S, batch 8 (ratio to resnet50): 1 thread 3 MiB 1.17, 8 MiB 1.24, 16 MiB 1.24, unchunked 1.19; 2 threads on
+# an oversubscribed machine 3 MiB 0.46, 8 MiB 0.84, 16 MiB 1.04, unchunked 1.06 (every chunk adds parallel regions).
+_CHUNK_BYTES = 16 << 20
+
+
+def _mlp_residual_inference(x: Tensor, norm: nn.LayerNorm, mlp: DWMlp) -> Tensor:
+    """``x + mlp(norm(x))`` for CPU fp32 inference on contiguous ``[B, H, W, C]``, a few images at a time.
+
+    Same ops as the eager path; chunking the batch keeps the 4×-wide hidden map small (LITv2-S's first stage
+    at batch 8 would be 38 MB: above glibc's mmap threshold, so every call page-faults fresh memory), and
+    fc2 writes into the output buffer, where the residual is added in place.
+    """
+    B, H, W, C = x.shape
+    hidden = mlp.fc1.out_features
+    k = max(1, min(B, _CHUNK_BYTES // max(H * W * hidden * x.element_size(), 1)))
+    out = torch.empty_like(x)
+    c = mlp.dwconv
+    for i in range(0, B, k):
+        xc = x[i : i + k]
+        n = xc.shape[0] * H * W
+        h = mlp.fc1(F.layer_norm(xc, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        h = torch.ops.mkldnn._convolution_pointwise(
+            h.permute(0, 3, 1, 2), c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "gelu", [], "none"
+        )  # depthwise conv + GELU, channels-last in and out
+        o = out[i : i + k].view(n, C)
+        torch.addmm(mlp.fc2.bias, h.permute(0, 2, 3, 1).reshape(n, hidden), mlp.fc2.weight.t(), out=o)
+        o.add_(xc.reshape(n, C))
+    return out
+
+
+def deform_conv2x2_nhwc(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Deformable convolution, kernel 2×2, stride 2, no padding, one offset group, on channels-last maps.
+
+    Same maths as ``torchvision.ops.deform_conv2d(x_nchw, offset_nchw, weight, bias, stride=2)`` (and the
+    official DCN): tap ``(i, j)`` of output ``(oy, ox)`` samples ``x`` bilinearly at
+    ``(2·oy + i + dy, 2·ox + j + dx)``; corners outside the map read 0, a point with ``y <= -1``, ``y >= H``,
+    ``x <= -1`` or ``x >= W`` reads 0. Built from gathers of whole channel rows and one GEMM, so it is
+    vectorised over channels, needs no layout change, and autograd gives every gradient (offsets included).
+
+    Args:
+        x: ``[B, H, W, C]`` with even H, W.
+        offset: ``[B, H/2, W/2, 8]``, (dy, dx) per tap, taps row-major (torchvision's channel order).
+        weight: ``[O, C, 2, 2]``; bias: ``[O]`` or None.
+
+    Returns:
+        ``[B, H/2, W/2, O]``.
+    """
+    B, H, W, C = x.shape
+    Ho, Wo = H // 2, W // 2
+    dev, pdt = x.device, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    off = offset.to(pdt).view(B, Ho, Wo, 4, 2)
+    taps = torch.arange(4, device=dev)
+    py = (torch.arange(Ho, device=dev) * 2)[:, None, None] + taps // 2  # (Ho, 1, 4) integer sample origins
+    px = (torch.arange(Wo, device=dev) * 2)[None, :, None] + taps % 2  # (1, Wo, 4)
+    y = py.to(pdt) + off[..., 0]  # (B, Ho, Wo, 4)
+    xx = px.to(pdt) + off[..., 1]
+    inside = ((y > -1) & (y < H) & (xx > -1) & (xx < W)).to(pdt)
+    y0, x0 = y.floor(), xx.floor()
+    ly, lx = y - y0, xx - x0
+    hy, hx = 1 - ly, 1 - lx
+    y0, x0 = y0.long(), x0.long()
+    y1, x1 = y0 + 1, x0 + 1
+    rows = (torch.arange(B, device=dev) * (H * W)).view(B, 1, 1, 1)
+    x_rows = x.reshape(B * H * W, C)
+    cols = None
+    for yi, xi, wgt in ((y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)):
+        valid = (yi >= 0) & (yi < H) & (xi >= 0) & (xi < W)
+        idx = (rows + yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).reshape(-1)
+        w = (wgt * inside * valid.to(pdt)).reshape(-1, 1).to(x.dtype)
+        v = x_rows.index_select(0, idx)
+        if cols is None:
+            cols = v * w
+        elif torch.is_grad_enabled() and (cols.requires_grad or v.requires_grad or w.requires_grad):
+            cols = cols + v * w
+        else:
+            cols.addcmul_(v, w)
+    cols = cols.view(B * Ho * Wo, 4 * C)  # (tap, channel) order
+    w2 = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 4 * C)
+    out = cols @ w2.t() if bias is None else torch.addmm(bias, cols, w2.t())
+    return out.view(B, Ho, Wo, -1)
+
+
 class DeformConv2d(nn.Module):
-    """Deformable conv with its offset predictor (official ``DeformConv2dPack`` keys), on torchvision."""
+    """Deformable conv 2×2 s2 with its offset predictor (official ``DeformConv2dPack`` keys), ``[B, H, W, C]``."""
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 2, stride: int = 2) -> None:
         super().__init__()
+        if kernel_size != 2 or stride != 2:
+            raise ValueError(f"kernel_size={kernel_size!r}, stride={stride!r}: LITv2's DTM is 2×2 stride 2")
         self.stride = stride
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_dim))
@@ -142,12 +237,12 @@ class DeformConv2d(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        offset = self.conv_offset(x)
-        if x.dtype == torch.bfloat16 or (x.dtype == torch.float16 and x.device.type == "cpu"):
-            # torchvision has no bf16 (nor CPU fp16) deformable im2col: run this one op in fp32
-            w, b = self.weight.float(), self.bias.float()
-            return deform_conv2d(x.float(), offset.float(), w, b, stride=self.stride).to(x.dtype)
-        return deform_conv2d(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), stride=self.stride)
+        """``x``: ``[B, H, W, C]`` (even H, W) → ``[B, H/2, W/2, out_dim]``."""
+        offset = self.conv_offset(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # channels-last conv
+        if x.dtype in (torch.float16, torch.bfloat16):  # sample and accumulate in fp32 (bilinear weights need it)
+            out = deform_conv2x2_nhwc(x.float(), offset.float(), self.weight.float(), self.bias.float())
+            return out.to(x.dtype)
+        return deform_conv2x2_nhwc(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
 @register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
@@ -161,10 +256,10 @@ class TokenMerging(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 3, 1, 2)
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            x = F.pad(x, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
-        return self.act(self.norm(self.dconv(x))).permute(0, 2, 3, 1)
+        if x.shape[1] % 2 or x.shape[2] % 2:
+            x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))
+        x = self.dconv(x)
+        return self.act(self.norm(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
 @register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
