@@ -20,6 +20,8 @@ __all__ = [
     "Mlp",
     "PatchEmbedNHWC",
     "fused_cpu_inference",
+    "fused_mlp_residual",
+    "inference_chunk_size",
     "factory",
     "make_mixer",
     "resolve_mixers",
@@ -140,9 +142,104 @@ class FusedMlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if fused_cpu_inference(x, self):
             x = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
+            return self.drop(self.fc2(self.drop(x)))
+        parts = _mmap_free_parts(x, self.fc1.out_features)
+        if parts > 1:  # autograd on CPU: keep every hidden buffer below glibc's mmap threshold (see below)
+            return torch.cat([self._forward(c) for c in x.chunk(parts)])
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+_MMAP_MAX = 32 << 20  # glibc's largest dynamic mmap threshold: bigger blocks are mmapped (and page-fault) per call
+
+
+def _mmap_free_parts(x: Tensor, hidden: int) -> int:
+    """Batch slices for an MLP whose ``[tokens, hidden]`` activations would be mmap-sized on CPU (e.g. the
+    first FLatten-Swin/PVT stage at batch 8: 38–51 MiB). Each of the four such buffers of a training step (fc1
+    output, GELU output and their gradients) then costs ~10k page faults; below the threshold glibc reuses its
+    heap. 1 = whole."""
+    if x.device.type != "cpu" or x.dim() < 3 or isinstance(x, torch.fx.Proxy):
+        return 1
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return 1
+    hidden_bytes = x.numel() // x.shape[-1] * hidden * x.element_size()
+    parts = -(-hidden_bytes // _MMAP_MAX)
+    return min(parts, x.shape[0])
+
+
+_CHUNK_BYTES = 3 << 20  # per-chunk activation budget of inference_chunk_size (≈ 3 MiB)
+
+
+def inference_chunk_size(x: Tensor, image_bytes: int, module: nn.Module) -> int | None:
+    """Images per chunk for running the early, high-resolution stages of a CPU inference batch in slices,
+    or ``None`` (run the batch whole).
+
+    ``image_bytes``: one image's activation at the first stage. Slices of ≈ 3 MiB keep every intermediate
+    small enough to be served from the allocator's free lists and the cache: whole-batch intermediates of
+    tens of MiB are mmap-backed or trimmed back to the OS on free, and page-fault on every call (measured
+    10–20 % of a FLatten-Swin-T forward at batch 8). Each image is computed exactly as in the batched call
+    (token-wise and per-image ops only), so outputs are unchanged. Only for CPU without autograd, outside
+    tracing, scripting and compilation.
+    """
+    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None
+    if x.device.type != "cpu" or x.dim() == 0:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return None
+    n = max(1, _CHUNK_BYTES // max(int(image_bytes), 1))
+    return n if n < x.shape[0] else None
+
+
+_MLP_TILE_BYTES = 3 << 19  # hidden tile ≈ 1.5 MiB: stays in cache, never an mmap-sized (> 32 MiB) buffer
+
+
+def fused_mlp_residual(x: Tensor, norm: nn.Module, mlp: FusedMlp, block: nn.Module) -> Tensor | None:
+    """``x + mlp(norm(x))`` for CPU fp32 inference, in row tiles that overwrite ``x`` in place; ``None`` = not
+    applicable (the caller runs the eager path).
+
+    Per tile of rows: LayerNorm → ``addmm`` (fc1) → in-place exact GELU → ``x_tile += h @ fc2ᵀ + b2``. The
+    hidden activation lives in one reused cache-sized buffer instead of a fresh ``[tokens, hidden]`` tensor (on
+    CPU the large ones are mmap-backed and page-fault on every call), and the norm output, fc2 output and
+    residual sum are never materialised for the whole map. Same maths as the eager path (fp32, row-wise
+    independent), not bit-identical (GEMM blocking differs). ``x`` must be a fresh contiguous tensor the
+    caller owns (e.g. the result of the previous residual add); ``block``'s parameters decide whether
+    autograd is needed. Applies only with no dropout/drop-path active and no autocast.
+    """
+    if isinstance(x, torch.fx.Proxy) or not (isinstance(norm, nn.LayerNorm) and isinstance(mlp, FusedMlp)):
+        return None  # fx tracing records the eager path
+    if not x.is_contiguous() or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return None
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        return None
+    drop_mods = (m for m in block.modules() if isinstance(m, (nn.Dropout, DropPath)))
+    if block.training and any(getattr(m, "p", getattr(m, "drop_prob", 0.0)) for m in drop_mods):
+        return None
+    if not (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none") or norm.weight is None:
+        return None
+    C = x.shape[-1]
+    x2 = x.view(-1, C)
+    rows, hidden = x2.shape[0], mlp.fc1.out_features
+    tile = min(rows, max(256, _MLP_TILE_BYTES // (4 * hidden)))
+    h = torch.empty(tile, hidden, dtype=x.dtype)
+    w1t, w2t, b1, b2 = mlp.fc1.weight.t(), mlp.fc2.weight.t(), mlp.fc1.bias, mlp.fc2.bias
+    for start in range(0, rows, tile):
+        xt = x2[start : start + tile]
+        ht = h[: xt.shape[0]]
+        xn = F.layer_norm(xt, (C,), norm.weight, norm.bias, norm.eps)
+        if b1 is None:
+            torch.mm(xn, w1t, out=ht)
         else:
-            x = self.act(self.fc1(x))
-        return self.drop(self.fc2(self.drop(x)))
+            torch.addmm(b1, xn, w1t, out=ht)
+        torch.ops.aten.gelu_(ht)
+        xt.addmm_(ht, w2t)
+        if b2 is not None:
+            xt.add_(b2)
+    return x
 
 
 @register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)

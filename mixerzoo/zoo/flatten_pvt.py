@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
+from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -77,6 +78,9 @@ class PVTBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(run_mixer(self.attn, self.norm1(x), "nhwc"))
+        fused = fused_mlp_residual(x, self.norm2, self.mlp, self)  # CPU inference: tiled, in place on x
+        if fused is not None:
+            return fused
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
@@ -270,7 +274,15 @@ class FLattenPVT(nn.Module):
         """``[B, in_chans, H, W]`` → ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
-        return self.stages(x)
+        p = self.stages[0].patch_embed.patch_size
+        image_bytes = -(-x.shape[-2] // p) * -(-x.shape[-1] // p) * self.feature_info[0]["num_chs"] * x.element_size()
+        n = inference_chunk_size(x, image_bytes, self)
+        if n is None:
+            return self.stages(x)
+        # CPU inference: the first three stages in image chunks (same outputs, no page-faulting whole-batch
+        # buffers; measured best at 224² against chunking one or two stages)
+        head = self.stages[:3]
+        return self.stages[3:](torch.cat([head(c) for c in x.split(n)]))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.global_pool == "avg":

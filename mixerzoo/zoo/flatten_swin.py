@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
+from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -97,6 +98,9 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(run_mixer(self.attn, self.norm1(x), "nhwc"))
+        fused = fused_mlp_residual(x, self.norm2, self.mlp, self)  # CPU inference: tiled, in place on x
+        if fused is not None:
+            return fused
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
 
@@ -276,12 +280,25 @@ class FLattenSwin(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
-        x = self.patch_embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.layers, x)
+            x = checkpoint_seq(self.layers, self.patch_embed(x))
         else:
-            x = self.layers(x)
+            x = self._forward_layers(x)
         return self.norm(x).permute(0, 3, 1, 2)
+
+    def _forward_layers(self, x: Tensor) -> Tensor:
+        """patch_embed + layers. In CPU inference the first two (high-resolution) stages run in image chunks
+        (``inference_chunk_size``: same outputs, no page-faulting whole-batch buffers; measured best at 224²
+        against chunking one or three stages)."""
+        p = self.patch_embed.patch_size
+        grid = -(-x.shape[-2] // p) * -(-x.shape[-1] // p)
+        image_bytes = grid * self.patch_embed.proj.out_channels * x.element_size()
+        n = inference_chunk_size(x, image_bytes, self)
+        if n is None:
+            return self.layers(self.patch_embed(x))
+        head = self.layers[:2]
+        x = torch.cat([head(self.patch_embed(c)) for c in x.split(n)])
+        return self.layers[2:](x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, self.global_pool, pre_logits=pre_logits)

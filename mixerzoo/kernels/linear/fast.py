@@ -74,7 +74,7 @@ def _phi_bwd(x: Tensor, phi: Tensor, g: Tensor, stats: _Stats, kernel: str, p: f
     elif p != 1.0:
         t.mul_(torch.where(w > 0, w.pow(p - 1.0), 0.0))
     t.mul_(p * n1 / n2).addcmul_(w, a / (n1 * n2))
-    return t.masked_fill_(x <= 0, 0.0)
+    return torch.ops.aten.threshold_backward(t, x, 0.0)  # ReLU's mask (x > 0) in one pass, no bool buffer
 
 
 class _LinearAttentionFunction(torch.autograd.Function):
