@@ -4,7 +4,7 @@ adaptation, drop-path schedules. Families import this module, never each other."
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -101,6 +101,18 @@ def run_mixer(mixer: nn.Module, x: Tensor, host_layout: str) -> Tensor:
         y = mixer(t, hw=(H, W)) if getattr(mixer, "needs_hw", False) else mixer(t)
         return y.reshape(B, H, W, C)
     raise ValueError(f"cannot feed a {lay!r} mixer from a {host_layout!r} host")
+
+
+def stage_options(
+    mixer_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None, num_stages: int
+) -> list[dict[str, Any]]:
+    """Per-stage mixer options from one dict (every stage) or one dict|None per stage; each a fresh dict."""
+    if mixer_options is None or isinstance(mixer_options, Mapping):
+        return [dict(mixer_options or {}) for _ in range(num_stages)]
+    opts = [dict(o or {}) for o in mixer_options]
+    if len(opts) != num_stages:
+        raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {num_stages} (one per stage)")
+    return opts
 
 
 def stage_dpr(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]:

@@ -35,7 +35,16 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._blocks import (
+    DropPath,
+    factory,
+    make_mixer,
+    resolve_mixers,
+    run_mixer,
+    stage_dpr,
+    stage_options,
+    trunc_normal_,
+)
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -258,12 +267,7 @@ class BiFormer(nn.Module):
         super().__init__()
         n = len(depths)
         names = resolve_mixers(mixers, n, host="BiFormer", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
-        if mixer_options is None or isinstance(mixer_options, Mapping):
-            opts = [dict(mixer_options or {})] * n
-        else:
-            opts = [dict(o or {}) for o in mixer_options]
-            if len(opts) != n:
-                raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {n} (one per stage)")
+        opts = stage_options(mixer_options, n)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool

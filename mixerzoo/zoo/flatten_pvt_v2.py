@@ -32,7 +32,16 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._blocks import (
+    DropPath,
+    factory,
+    make_mixer,
+    resolve_mixers,
+    run_mixer,
+    stage_dpr,
+    stage_options,
+    trunc_normal_,
+)
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._registry import register_backbone
 
@@ -163,12 +172,7 @@ class FLattenPVTv2(nn.Module):
         super().__init__()
         n = len(depths)
         names = resolve_mixers(mixers, n, host="FLattenPVTv2", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
-        if mixer_options is None or isinstance(mixer_options, Mapping):
-            opts = [dict(mixer_options or {})] * n
-        else:
-            opts = [dict(o or {}) for o in mixer_options]
-            if len(opts) != n:
-                raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {n} (one per stage)")
+        opts = stage_options(mixer_options, n)
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: FLattenPVTv2 supports 'avg' or ''")
         self.num_classes = num_classes

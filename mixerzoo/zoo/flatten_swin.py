@@ -32,7 +32,16 @@ from timm.models._manipulate import checkpoint_seq
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
-from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, run_mixer, stage_dpr, trunc_normal_
+from mixerzoo.zoo._blocks import (
+    DropPath,
+    factory,
+    make_mixer,
+    resolve_mixers,
+    run_mixer,
+    stage_dpr,
+    stage_options,
+    trunc_normal_,
+)
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
@@ -158,12 +167,7 @@ class FLattenSwin(nn.Module):
         super().__init__()
         n = len(depths)
         names = resolve_mixers(mixers, n, host="FLattenSwin", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
-        if mixer_options is None or isinstance(mixer_options, Mapping):
-            opts = [dict(mixer_options or {})] * n
-        else:
-            opts = [dict(o or {}) for o in mixer_options]
-            if len(opts) != n:
-                raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {n} (one per stage)")
+        opts = stage_options(mixer_options, n)
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: FLattenSwin supports 'avg' or ''")
         dims = [embed_dim * 2**i for i in range(n)]
