@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from mixerzoo.plugins import create_mixer, mixer_spec
 
@@ -142,7 +143,8 @@ def fused_cpu_inference(x: Tensor, module: nn.Module) -> bool:
 
 @register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
 class FusedMlp(nn.Module):
-    """fc1 → GELU → fc2 (timm's ``Mlp`` keys); fc1 + GELU fused by oneDNN in CPU fp32 inference."""
+    """fc1 → GELU → fc2 (timm's ``Mlp`` keys); fc1 + GELU fused by oneDNN in CPU fp32 inference; CPU fp32 training
+    keeps one hidden buffer (:class:`_CpuMlpFunction`)."""
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -155,30 +157,100 @@ class FusedMlp(nn.Module):
         if fused_cpu_inference(x, self):
             x = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
             return self.drop(self.fc2(self.drop(x)))
-        parts = _mmap_free_parts(x, self.fc1.out_features)
-        if parts > 1:  # autograd on CPU: keep every hidden buffer below glibc's mmap threshold (see below)
-            return torch.cat([self._forward(c) for c in x.chunk(parts)])
+        if _cpu_mlp_train(x, self):
+            shape = x.shape
+            y = _CpuMlpFunction.apply(
+                x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+            )
+            return y.view(*shape[:-1], y.shape[-1])
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-_MMAP_MAX = 32 << 20  # glibc's largest dynamic mmap threshold: bigger blocks are mmapped (and page-fault) per call
+_MLP_TILE_BYTES = 8 << 20  # hidden tile of the training MLP: far below glibc's 32 MiB mmap threshold
+_MLP_MIN_TILE = 256  # rows: smaller tiles make the weight-gradient GEMMs inefficient
 
 
-def _mmap_free_parts(x: Tensor, hidden: int) -> int:
-    """Batch slices for an MLP whose ``[tokens, hidden]`` activations would be mmap-sized on CPU (e.g. the
-    first FLatten-Swin/PVT stage at batch 8: 38–51 MiB). Each of the four such buffers of a training step (fc1
-    output, GELU output and their gradients) then costs ~10k page faults; below the threshold glibc reuses its
-    heap. 1 = whole."""
-    if x.device.type != "cpu" or x.dim() < 3 or isinstance(x, torch.fx.Proxy):
-        return 1
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return 1
-    hidden_bytes = x.numel() // x.shape[-1] * hidden * x.element_size()
-    parts = -(-hidden_bytes // _MMAP_MAX)
-    return min(parts, x.shape[0])
+def _cpu_mlp_train(x: Tensor, mlp: FusedMlp) -> bool:
+    """True where :class:`_CpuMlpFunction` replaces the eager MLP: CPU fp32 with autograd, exact GELU, no
+    active dropout, no autocast, outside tracing/scripting/compilation."""
+    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2 or torch.is_autocast_enabled("cpu"):
+        return False
+    if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in mlp.parameters())):
+        return False
+    if mlp.training and mlp.drop.p > 0:
+        return False
+    if not (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"):
+        return False
+    return all(p.dtype == torch.float32 for p in mlp.parameters())
+
+
+class _CpuMlpFunction(torch.autograd.Function):
+    """``fc2(GELU(fc1(x)))`` on ``[N, C]`` for CPU training, with one ``[N, hidden]`` buffer per step.
+
+    Eager autograd keeps two ``[N, hidden]`` activations (fc1 output, GELU output) and allocates two more in
+    backward (their gradients). On CPU the early-stage ones are tens of MiB: mmap-backed or trimmed back to the
+    OS on free, they page-fault on every call, which measured up to 3× slower GEMMs on them. Here only the fc1
+    output ``h`` is kept; GELU runs on row tiles of ``h`` in two reused cache-sized buffers, in forward (→ fc2)
+    and again in backward (→ fc2's weight gradient and the GELU backward), and the weight gradients accumulate
+    over the tiles. Same maths as eager (fp32), not bit-identical (GEMM blocking differs); once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
+        x = x.contiguous()
+        rows, hidden = x.shape[0], w1.shape[0]
+        tiles = -(-rows // max(_MLP_MIN_TILE, _MLP_TILE_BYTES // (4 * hidden)))
+        tile = -(-rows // tiles)  # equal tiles (no ragged small GEMM at the end)
+        h = torch.addmm(b1, x, w1.t()) if b1 is not None else torch.mm(x, w1.t())
+        y = x.new_empty(rows, w2.shape[0])
+        a = x.new_empty(tile, hidden)
+        for s in range(0, rows, tile):
+            e = min(s + tile, rows)
+            at = a[: e - s]
+            torch.ops.aten.gelu.out(h[s:e], out=at)
+            if b2 is not None:
+                torch.addmm(b2, at, w2.t(), out=y[s:e])
+            else:
+                torch.mm(at, w2.t(), out=y[s:e])
+        ctx.save_for_backward(x, h, w1, w2)
+        ctx.tile = tile
+        ctx.biases = (b1 is not None, b2 is not None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        x, h, w1, w2 = ctx.saved_tensors
+        g = g.contiguous()
+        rows, hidden, tile = x.shape[0], h.shape[1], ctx.tile
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        dx = torch.empty_like(x) if need_x else None
+        dw1 = x.new_zeros(w1.shape) if need_w1 else None
+        dw2 = x.new_zeros(w2.shape) if need_w2 else None
+        db1 = x.new_zeros(hidden) if need_b1 else None
+        a, da = x.new_empty(tile, hidden), x.new_empty(tile, hidden)
+        for s in range(0, rows, tile):
+            e = min(s + tile, rows)
+            ht, gt, dat = h[s:e], g[s:e], da[: e - s]
+            if need_w2:
+                at = a[: e - s]
+                torch.ops.aten.gelu.out(ht, out=at)
+                dw2.addmm_(gt.t(), at)
+            torch.mm(gt, w2, out=dat)
+            torch.ops.aten.gelu_backward.grad_input(dat, ht, grad_input=dat)  # dh, in place
+            if need_w1:
+                dw1.addmm_(dat.t(), x[s:e])
+            if need_b1:
+                db1 += dat.sum(0)
+            if need_x:
+                torch.mm(dat, w1, out=dx[s:e])
+        db2 = g.sum(0) if need_b2 else None
+        return dx, dw1, db1 if ctx.biases[0] else None, dw2, db2 if ctx.biases[1] else None
 
 
 _CHUNK_BYTES = 3 << 20  # per-chunk activation budget of inference_chunk_size (≈ 3 MiB)
@@ -205,7 +277,7 @@ def inference_chunk_size(x: Tensor, image_bytes: int, module: nn.Module) -> int 
     return n if n < x.shape[0] else None
 
 
-_MLP_TILE_BYTES = 3 << 19  # hidden tile ≈ 1.5 MiB: stays in cache, never an mmap-sized (> 32 MiB) buffer
+_RESIDUAL_TILE_BYTES = 3 << 19  # hidden tile of the inference MLP residual ≈ 1.5 MiB: stays in cache
 
 
 def fused_mlp_residual(x: Tensor, norm: nn.Module, mlp: FusedMlp, block: nn.Module) -> Tensor | None:
@@ -236,7 +308,7 @@ def fused_mlp_residual(x: Tensor, norm: nn.Module, mlp: FusedMlp, block: nn.Modu
     C = x.shape[-1]
     x2 = x.view(-1, C)
     rows, hidden = x2.shape[0], mlp.fc1.out_features
-    tile = min(rows, max(256, _MLP_TILE_BYTES // (4 * hidden)))
+    tile = min(rows, max(256, _RESIDUAL_TILE_BYTES // (4 * hidden)))
     h = torch.empty(tile, hidden, dtype=x.dtype)
     w1t, w2t, b1, b2 = mlp.fc1.weight.t(), mlp.fc2.weight.t(), mlp.fc1.bias, mlp.fc2.bias
     for start in range(0, rows, tile):

@@ -6,6 +6,8 @@ whenever autograd, dropout or fx tracing needs the eager graph.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -79,17 +81,48 @@ def test_chunked_inference_matches_batched(name: str, monkeypatch: pytest.Monkey
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_mlp_batch_split_keeps_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training-time FusedMlp on mmap-sized hidden activations runs in batch slices: same output and grads."""
+def _mlp_grads(mlp: FusedMlp, x: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+    y = mlp(x)
+    inputs = [t for t in (x, *mlp.parameters()) if t.requires_grad]
+    return [y, *torch.autograd.grad((y * weight).sum(), inputs)]
+
+
+@pytest.mark.parametrize("tile_bytes", [1 << 40, 4 * 32 * 30])  # one tile; 100 rows at ≤ 30 per tile → 4 tiles of 25
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_training_mlp_matches_autograd(tile_bytes: int, x_grad: bool, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU fp32 training runs FusedMlp through _CpuMlpFunction: output and every gradient equal eager autograd
+    in float64."""
+    monkeypatch.setattr(_blocks, "_MLP_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_blocks, "_MLP_MIN_TILE", 1)
     torch.manual_seed(0)
     mlp = FusedMlp(8, 32)
-    x = torch.randn(4, 5, 5, 8, requires_grad=True)
-    y_ref = mlp(x)
-    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *mlp.parameters()])
-    monkeypatch.setattr(_blocks, "_MMAP_MAX", 1024)  # 4·25·32·4 B hidden → 13 slices, capped at the batch (4)
-    assert _blocks._mmap_free_parts(x, 32) == 4
-    y = mlp(x)
-    g = torch.autograd.grad(y.square().sum(), [x, *mlp.parameters()])
-    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
-    for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if not bias:
+        mlp.fc1.bias = mlp.fc2.bias = None
+    x = torch.randn(4, 5, 5, 8, requires_grad=x_grad)
+    weight = torch.randn(4, 5, 5, 8)
+    assert _blocks._cpu_mlp_train(x, mlp)
+    got = _mlp_grads(mlp, x, weight)
+    ref_mlp = copy.deepcopy(mlp).double()
+    monkeypatch.setattr(_blocks, "_cpu_mlp_train", lambda x, m: False)  # eager autograd, float64
+    want = _mlp_grads(ref_mlp, x.detach().double().requires_grad_(x_grad), weight.double())
+    assert len(got) == len(want) == 1 + x_grad + (4 if bias else 2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_training_mlp_declines() -> None:
+    """The eager graph is kept where _CpuMlpFunction's assumptions fail."""
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    mlp = FusedMlp(8, 32)
+    assert _blocks._cpu_mlp_train(x, mlp)
+    assert not _blocks._cpu_mlp_train(x.double(), mlp)  # fp32 only
+    with torch.no_grad():
+        assert not _blocks._cpu_mlp_train(x, mlp)  # no autograd
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _blocks._cpu_mlp_train(x, mlp)
+    assert not _blocks._cpu_mlp_train(x, FusedMlp(8, 32, drop=0.1).train())  # active dropout
+    assert _blocks._cpu_mlp_train(x, FusedMlp(8, 32, drop=0.1).eval())
+    tanh = FusedMlp(8, 32)
+    tanh.act = nn.GELU(approximate="tanh")
+    assert not _blocks._cpu_mlp_train(x, tanh)
