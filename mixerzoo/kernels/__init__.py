@@ -16,6 +16,7 @@ _LAZY: dict[str, str] = {
     "routed_attention": "mixerzoo.kernels.routed",
     "neighborhood_attention_2d": "mixerzoo.kernels.neighborhood",
     "window_attention_2d": "mixerzoo.kernels.window",
+    "window_attention_2d_qkv": "mixerzoo.kernels.window",
 }
 
 __all__ = ["IMPLS", "Impl", "KernelNotSupportedError", "explain", *_LAZY]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 from torch import Tensor, nn
 
-from mixerzoo.kernels import window_attention_2d
+from mixerzoo.kernels import window_attention_2d, window_attention_2d_qkv
 from mixerzoo.kernels._dispatch import Impl
 
 __all__ = ["WindowAttention", "padded_window_attention", "swin_window_attention"]
@@ -128,20 +128,20 @@ class WindowAttention(nn.Module):
         """``x``: ``[B, H, W, C]`` → ``[B, H, W, C]``."""
         B, H, W, C = x.shape
         qkv = self.qkv(x).view(B, H, W, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(3)
         out = swin_window_attention(
-            q, k, v, self.relative_position_bias_table, self.window_size, self.shift_size, self.scale, self.impl
+            qkv, self.relative_position_bias_table, self.window_size, self.shift_size, self.scale, self.impl
         )
         return self.proj_drop(self.proj(out.reshape(B, H, W, C)))
 
 
 @register_notrace_function  # shape-dependent window choice: a leaf for torch.fx
 def swin_window_attention(
-    q: Tensor, k: Tensor, v: Tensor, table: Tensor | None, window_size: int, shift_size: int, scale: float, impl: Impl
+    qkv: Tensor, table: Tensor | None, window_size: int, shift_size: int, scale: float, impl: Impl
 ) -> Tensor:
-    """Swin's window rule on ``(B, H, W, heads, d)``: a window at least as large as the short side shrinks to it
-    (no shift) and uses the centre block of the bias table; then padded window attention."""
-    H, W, heads = q.shape[1], q.shape[2], q.shape[3]
+    """Swin's window rule on packed ``qkv`` ``(B, H, W, 3, heads, d)`` → ``(B, H, W, heads, d)``: a window at least
+    as large as the short side shrinks to it (no shift) and uses the centre block of the bias table; maps that
+    are a multiple of the window run the packed op, others padded window attention."""
+    H, W, heads = qkv.shape[1], qkv.shape[2], qkv.shape[4]
     ws, shift = window_size, shift_size
     if min(H, W) <= ws:
         ws, shift = min(H, W), 0
@@ -151,5 +151,8 @@ def swin_window_attention(
         rpb = table.t().reshape(heads, 2 * w - 1, 2 * w - 1)
         if ws != w:  # centre sub-block: the offsets a smaller window can see
             rpb = rpb[:, w - ws : w + ws - 1, w - ws : w + ws - 1]
-        rpb = rpb.to(q.dtype)
+        rpb = rpb.to(qkv.dtype)
+    if H % ws == 0 and W % ws == 0:
+        return window_attention_2d_qkv(qkv, (ws, ws), shift=(shift, shift), rpb=rpb, scale=scale, impl=impl)
+    q, k, v = qkv.unbind(3)
     return padded_window_attention(q, k, v, (ws, ws), shift=(shift, shift), rpb=rpb, scale=scale, impl=impl)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _tolerances import assert_close
 
-from mixerzoo.kernels import KernelNotSupportedError, window_attention_2d
+from mixerzoo.kernels import KernelNotSupportedError, window_attention_2d, window_attention_2d_qkv
 
 
 def _gna_window(length: int, kernel: int, stride: int) -> list[range]:
@@ -165,3 +165,49 @@ def test_hilo_window_shape():
     q, k, v, _ = _inputs((2, 14, 14, 3, 8), (2, 2), dtype=torch.float32)
     out = window_attention_2d(q, k, v, 2)
     assert out.shape == q.shape and math.isfinite(out.sum().item())
+
+
+# ---- packed q|k|v (window_attention_2d_qkv) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch"])
+@pytest.mark.parametrize("shape,window,shift,use_rpb", CASES)
+def test_packed_matches_definition(impl, shape, window, shift, use_rpb):
+    q, k, v, rpb = _inputs(shape, window, rpb=use_rpb)
+    out = window_attention_2d_qkv(torch.stack((q, k, v), 3), window, shift=shift, rpb=rpb, impl=impl)
+    torch.testing.assert_close(out, definition(q, k, v, window, shift, rpb), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shift,use_rpb", [((0, 0), False), ((2, 1), True), ((0, 3), True)])
+def test_packed_grads_match_reference(dtype, shift, use_rpb):
+    """The packed op's hand-written backward (fp32/fp64) and its unpacked fallback (bf16): output, the packed
+    gradient and the bias gradient against the reference in float64."""
+    window = (4, 4)
+    q, k, v, rpb = _inputs((2, 8, 12, 3, 8), window, dtype=dtype, rpb=use_rpb, grad=False)
+    qkv = torch.stack((q, k, v), 3).requires_grad_()
+    inputs = [qkv] + ([rpb.requires_grad_()] if use_rpb else [])
+    out = window_attention_2d_qkv(qkv, window, shift=shift, rpb=rpb, impl="torch")
+    ref_in = [x.detach().double().requires_grad_() for x in inputs]
+    ref = window_attention_2d(*ref_in[0].unbind(3), window, shift=shift, rpb=ref_in[1] if use_rpb else None, impl="reference")
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close(out.double(), ref, dtype, what="out")
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+    want = torch.autograd.grad(ref, ref_in, grad_out)
+    for name, g, w in zip(("dqkv", "drpb"), got, want):
+        assert g.shape == w.shape
+        assert_close(g.double(), w, dtype, grad=True, what=name)
+
+
+def test_packed_gradcheck():
+    q, k, v, rpb = _inputs((2, 4, 6, 2, 3), (2, 3), rpb=True)
+    qkv = torch.stack((q, k, v), 3).requires_grad_()
+    fn = lambda qkv, rpb: window_attention_2d_qkv(qkv, (2, 3), shift=(1, 1), rpb=rpb, impl="torch")
+    assert torch.autograd.gradcheck(fn, (qkv, rpb.requires_grad_()))
+
+
+@pytest.mark.parametrize("bad", [torch.randn(1, 4, 4, 2, 1, 4), torch.randn(1, 4, 4, 3, 4), "qkv"])
+def test_packed_validation(bad):
+    with pytest.raises(ValueError, match=r"qkv must be \(B, H, W, 3, heads, head_dim\)"):
+        window_attention_2d_qkv(bad, 2)

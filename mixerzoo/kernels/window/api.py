@@ -8,7 +8,7 @@ import torch
 from mixerzoo.kernels._dispatch import Impl, resolve_impl
 from mixerzoo.kernels.neighborhood.api import _check_qkv, _check_rpb, _pair
 
-__all__ = ["window_attention_2d"]
+__all__ = ["window_attention_2d", "window_attention_2d_qkv"]
 
 OP = "window_attention_2d"
 
@@ -50,6 +50,34 @@ def window_attention_2d(
     Returns:
         ``(B, H, W, heads, head_dim)`` in q's dtype.
     """
+    return _window_attention(q, k, v, None, window_size, shift, rpb, scale, impl)
+
+
+def window_attention_2d_qkv(
+    qkv: torch.Tensor,
+    window_size: int | tuple[int, int],
+    *,
+    shift: int | tuple[int, int] = 0,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """:func:`window_attention_2d` on a packed ``(B, H, W, 3, heads, head_dim)`` q|k|v tensor (a fused qkv
+    projection's output, viewed), with the same arguments, result and implementations.
+
+    The ``"torch"`` implementation on fp32/fp64 inputs runs one hand-written autograd function: a single row
+    gather puts q|k|v into (rolled) window order, attention is a batched GEMM with the bias/shift mask added in
+    place, softmax in place, and one gather restores token order; backward returns the gradient packed (no
+    stack of dq/dk/dv) and sums the bias gradient straight into ``rpb``. Other dtypes run the unpacked op.
+    """
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 6 or qkv.shape[3] != 3:
+        shape = tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
+        raise ValueError(f"qkv must be (B, H, W, 3, heads, head_dim), got {shape}")
+    q, k, v = qkv.unbind(3)
+    return _window_attention(q, k, v, qkv, window_size, shift, rpb, scale, impl)
+
+
+def _window_attention(q, k, v, qkv, window_size, shift, rpb, scale, impl: Impl) -> torch.Tensor:  # noqa: ANN001
     _check_qkv(q, k, v)
     win = _pair("window_size", window_size)
     sh = (shift, shift) if isinstance(shift, int) and not isinstance(shift, bool) else shift
@@ -86,6 +114,9 @@ def window_attention_2d(
     name = resolve_impl(OP, impl, [("torch", lambda: (True, "ok")), ("reference", lambda: (True, "ok"))])
     if name == "torch":
         from mixerzoo.kernels.window import fast as mod
+
+        if qkv is not None and qkv.dtype in (torch.float32, torch.float64):
+            return mod.packed_forward(qkv, win, sh, rpb, scale)
     else:
         from mixerzoo.kernels.window import reference as mod
     return mod.forward(q, k, v, win, sh, rpb, scale)
