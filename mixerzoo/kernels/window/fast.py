@@ -1,7 +1,10 @@
 """Fast PyTorch window attention: partition into windows and run one batched
 ``scaled_dot_product_attention`` (windows x heads as the head axis; the rpb / shift mask as a float
 ``attn_mask`` broadcast over the batch, omitted when neither is used so SDPA can pick its fused
-kernels). Autograd by PyTorch; works on CPU and CUDA."""
+kernels). Autograd by PyTorch; works on CPU and CUDA.
+
+``packed_forward`` (the op on a packed q|k|v, ``window_attention_2d_qkv``) is one autograd function with a
+hand-written backward instead: see :class:`_PackedWindowAttention`."""
 
 from __future__ import annotations
 
