@@ -56,33 +56,46 @@ def forward(
 # ---- packed q|k|v: one gather in, one gather out, hand-written backward -----------------------------------
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
+def _image_plan(
+    height: int, width: int, heads: int, window: tuple[int, int], shift: tuple[int, int], device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's row indices (a row = one head's ``head_dim`` vector): ``src[q|k|v]`` — for each of q, k, v
+    (``[3, nW·heads·L]``) the ``[H, W, 3, heads]`` source row of every window-order position (rolled, window
+    order ``[nW, heads, L]``); ``out_src`` — for every ``[H, W, heads]`` output row its window-order position;
+    ``out_dst`` its inverse. The shift (Swin's roll by ``-shift``) is folded into the token index."""
+    (wh, ww), (sh, sw) = window, shift
+    ny, nx = height // wh, width // ww
+    n_win, length = ny * nx, wh * ww
+    wy, wx = torch.arange(ny).view(ny, 1, 1, 1), torch.arange(nx).view(1, nx, 1, 1)
+    ly, lx = torch.arange(wh).view(1, 1, wh, 1), torch.arange(ww).view(1, 1, 1, ww)
+    token = (((wy * wh + ly + sh) % height) * width + (wx * ww + lx + sw) % width).reshape(1, n_win, 1, length)
+    h = torch.arange(heads).view(1, 1, heads, 1)
+    src = ((token * 3 + torch.arange(3).view(3, 1, 1, 1)) * heads + h).reshape(3, -1)
+    out_dst = (token * heads + h).reshape(-1)
+    out_src = torch.empty_like(out_dst)
+    out_src[out_dst] = torch.arange(out_dst.numel())
+    return tuple(t.to(device) for t in (src, out_src, out_dst))  # type: ignore[return-value]
+
+
 def _packed_plan(
     batch: int, height: int, width: int, heads: int, window: tuple[int, int], shift: tuple[int, int], device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row indices (a row = one head's ``head_dim`` vector) of the packed layout's gathers.
+    """Whole-batch row indices from the cached per-image plan (not cached: they scale with the batch).
 
     ``buf = src[gather]`` takes ``[B, H, W, 3, heads]`` rows to ``[3, B, nW, heads, L]`` (rolled, window
     order) and ``src = buf[scatter]`` takes them back; ``out = win[out_gather]`` takes ``[B, nW, heads, L]``
-    rows to ``[B, H, W, heads]`` (original token order) and ``win = out[out_scatter]`` takes them back. The shift (Swin's roll by ``-shift``) is folded into the token index.
+    rows to ``[B, H, W, heads]`` (original token order) and ``win = out[out_scatter]`` takes them back.
     """
-    (wh, ww), (sh, sw) = window, shift
-    ny, nx = height // wh, width // ww
-    n_win, length, tokens = ny * nx, wh * ww, height * width
-    wy, wx = torch.arange(ny).view(ny, 1, 1, 1), torch.arange(nx).view(1, nx, 1, 1)
-    ly, lx = torch.arange(wh).view(1, 1, wh, 1), torch.arange(ww).view(1, 1, 1, ww)
-    token = (((wy * wh + ly + sh) % height) * width + (wx * ww + lx + sw) % width).reshape(n_win, length)
-    b = torch.arange(batch).view(1, batch, 1, 1, 1)
-    s = torch.arange(3).view(3, 1, 1, 1, 1)
-    h = torch.arange(heads).view(1, 1, 1, heads, 1)
-    gather = (((b * tokens + token.view(1, 1, n_win, 1, length)) * 3 + s) * heads + h).reshape(-1)
+    src, out_src, out_dst = _image_plan(height, width, heads, window, shift, device)
+    n = src.shape[1]  # window-order rows per image and component (= H·W·heads)
+    b = torch.arange(batch, device=src.device)
+    gather = (src[:, None, :] + (b * 3 * n)[None, :, None]).reshape(-1)  # [3, B, n]
     scatter = torch.empty_like(gather)
-    scatter[gather] = torch.arange(gather.numel())
-    # output rows in window order [B, nW, heads, L] → token order [B, tokens, heads]
-    out_scatter = ((b[0] * tokens + token.view(1, n_win, 1, length)) * heads + h[0]).reshape(-1)
-    out_gather = torch.empty_like(out_scatter)
-    out_gather[out_scatter] = torch.arange(out_scatter.numel())
-    return tuple(t.to(device) for t in (gather, scatter, out_gather, out_scatter))  # type: ignore[return-value]
+    scatter[gather] = torch.arange(gather.numel(), device=src.device)
+    out_gather = (out_src[None, :] + (b * n)[:, None]).reshape(-1)
+    out_scatter = (out_dst[None, :] + (b * n)[:, None]).reshape(-1)
+    return gather, scatter, out_gather, out_scatter
 
 
 def _packed_bias(
@@ -109,55 +122,57 @@ class _PackedWindowAttention(torch.autograd.Function):
 
     Eager autograd needs a roll and a window partition per q/k/v (and their inverses in backward), the
     bias mask as a differentiable SDPA input (math path), and a stack of dq/dk/dv into the packed
-    gradient. Here: one row gather puts q|k|v in window order, attention is ``baddbmm`` (bias) → in-place
-    softmax → ``bmm`` per image, one gather puts the output back; backward writes dq/dk/dv into one
-    packed buffer that one gather returns to token order, and sums the bias gradient into the table.
+    gradient. Here one row gather puts q|k|v in window order, attention is ``baddbmm`` (bias added per
+    image, so it is read from cache) → in-place softmax → ``bmm``, and one gather puts the output back;
+    backward writes dq/dk/dv into one packed buffer that one gather returns to token order, and sums the bias
+    gradient into the table.
     """
 
     @staticmethod
     def forward(ctx, qkv, rpb, window, shift, scale):  # noqa: ANN001, ANN205 - autograd signature
         B, H, W, _, heads, d = qkv.shape
         wh, ww = window
-        n_win, length = (H // wh) * (W // ww), wh * ww
+        nwh, length = (H // wh) * (W // ww) * heads, wh * ww
         gather, scatter, out_gather, out_scatter = _packed_plan(B, H, W, heads, window, shift, str(qkv.device))
-        buf = qkv.reshape(-1, d).index_select(0, gather).view(3, B, n_win * heads, length, d)
+        buf = qkv.reshape(-1, d).index_select(0, gather).view(3, B * nwh, length, d)
         q, k, v = buf.unbind(0)
         q.mul_(scale)
         bias = _packed_bias(H, W, window, shift, rpb, heads, qkv.dtype, qkv.device)
-        probs = torch.empty((B, n_win * heads, length, length), dtype=qkv.dtype, device=qkv.device)
+        probs = torch.empty((B * nwh, length, length), dtype=qkv.dtype, device=qkv.device)
         if bias is None:
-            torch.matmul(q, k.transpose(-1, -2), out=probs)
+            torch.bmm(q, k.transpose(1, 2), out=probs)
         else:
-            bias = bias.expand(n_win, heads, length, length).reshape(n_win * heads, length, length)
+            bias = bias.expand(nwh // heads, heads, length, length).reshape(nwh, length, length)
             for i in range(B):  # per image: the bias is read once per window-head and stays in cache
-                torch.baddbmm(bias, q[i], k[i].transpose(-1, -2), out=probs[i])
+                rows = slice(i * nwh, (i + 1) * nwh)
+                torch.baddbmm(bias, q[rows], k[rows].transpose(1, 2), out=probs[rows])
         torch.ops.aten._softmax.out(probs, -1, False, out=probs)  # row-wise: safe in place
-        out = torch.matmul(probs, v)  # (B, nW*heads, L, d)
+        out = torch.bmm(probs, v)  # (B·nW·heads, L, d)
         ctx.save_for_backward(buf, probs, scatter, out_scatter)
-        ctx.cfg = (qkv.shape, window, shift, scale, rpb is not None, None if rpb is None else rpb.shape)
+        ctx.cfg = (qkv.shape, window, scale, None if rpb is None else rpb.shape)
         return out.view(-1, d).index_select(0, out_gather).view(B, H, W, heads, d)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         buf, probs, scatter, out_scatter = ctx.saved_tensors
-        shape, window, shift, scale, has_rpb, rpb_shape = ctx.cfg
-        B, H, W, _, heads, d = shape
+        shape, window, scale, rpb_shape = ctx.cfg
+        heads, d = shape[4], shape[5]
         q, k, v = buf.unbind(0)
-        d_out = grad_out.contiguous().view(-1, d).index_select(0, out_scatter).view_as(q)
+        d_out = grad_out.reshape(-1, d).index_select(0, out_scatter).view(q.shape)
         grads = torch.empty_like(buf)
         dq, dk, dv = grads.unbind(0)
-        torch.matmul(probs.transpose(-1, -2), d_out, out=dv)
-        d_probs = torch.matmul(d_out, v.transpose(-1, -2))
+        torch.bmm(probs.transpose(1, 2), d_out, out=dv)
+        d_probs = torch.bmm(d_out, v.transpose(1, 2))
         torch.ops.aten._softmax_backward_data.out(d_probs, probs, -1, probs.dtype, grad_input=d_probs)  # dS
-        torch.matmul(d_probs, k, out=dq)
+        torch.bmm(d_probs, k, out=dq)
         dq.mul_(scale)
-        torch.matmul(d_probs.transpose(-1, -2), q, out=dk)  # q is already scaled
+        torch.bmm(d_probs.transpose(1, 2), q, out=dk)  # q is already scaled
         d_qkv = grads.view(-1, d).index_select(0, scatter).view(shape)
         d_rpb = None
-        if has_rpb and ctx.needs_input_grad[1]:
+        if rpb_shape is not None and ctx.needs_input_grad[1]:
             length = window[0] * window[1]
-            d_bias = d_probs.view(B, -1, heads, length * length).sum((0, 1))  # (heads, L*L)
+            d_bias = d_probs.view(-1, heads, length * length).sum(0)  # (heads, L*L)
             d_rpb = torch.zeros((heads, rpb_shape[1] * rpb_shape[2]), dtype=d_bias.dtype, device=d_bias.device)
             d_rpb.index_add_(1, bias_index(window).to(d_bias.device).reshape(-1), d_bias)
             d_rpb = d_rpb.view(rpb_shape)
