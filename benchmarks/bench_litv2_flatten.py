@@ -87,7 +87,7 @@ def main() -> None:
     if args.models:
         jobs += [(m, md) for m in args.models for md in (args.modes or ["infer", "train"]) if (m, md) not in jobs]
     print(f"{'model':<24}{'mode':<7}{'model s':>9}{'rn50 s':>9}{'ratio':>8}{'cpu ratio':>10}{'target':>8}{'official':>9}")
-    common = ["--rounds", str(args.rounds), "--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads)]
+    common = [f"--{k}={getattr(args, k)}" for k in ("rounds", "batch", "size", "threads")]
     for name, mode in jobs:
         if args.in_process:
             a, b, r, cr = bench(name, mode, args.rounds, args.batch, args.size)

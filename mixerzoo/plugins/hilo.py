@@ -6,9 +6,9 @@ official module (``h_qkv``, ``h_proj``, ``l_q``, ``l_kv``, ``l_proj``), so check
 
 Maths (architectures.md §2.3): heads split ``lo = floor(n·alpha)``, ``hi = n - lo`` (``window_size == 1``:
 all heads Lo-Fi, plain MHSA). Hi-Fi: self-attention inside non-overlapping ``s×s`` windows
-(``mixerzoo.kernels.window_attention_2d``). Lo-Fi: every token queries keys/values projected from the
-``s×s`` average-pooled block *input* (SDPA). Output ``concat([hi, lo])`` — Hi-Fi channels first, no joint
-projection.
+(``mixerzoo.kernels.window_attention_2d_qkv`` on the packed projection). Lo-Fi: every token queries
+keys/values projected from the ``s×s`` average-pooled block *input* (SDPA). Output ``concat([hi, lo])`` —
+Hi-Fi channels first, no joint projection.
 
 Any map size (the official classification code needs multiples of ``s``): the map is virtually padded to a
 multiple of ``s``; padded tokens are masked out of Hi-Fi windows and left out of the Lo-Fi pooling averages
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
+from mixerzoo.kernels import window_attention_2d_qkv
 from mixerzoo.kernels._dispatch import Impl
 from mixerzoo.plugins.window import padded_window_attention
 
@@ -92,8 +93,11 @@ class HiLo(nn.Module):
     def hifi(self, x: Tensor) -> Tensor:
         B, H, W, _ = x.shape
         qkv = self.h_qkv(x).view(B, H, W, 3, self.h_heads, self.head_dim)
-        q, k, v = qkv.unbind(3)
-        out = padded_window_attention(q, k, v, (self.ws, self.ws), scale=self.scale, impl=self.impl)
+        if H % self.ws == 0 and W % self.ws == 0:  # packed op: one gather in and out, no q/k/v stack in backward
+            out = window_attention_2d_qkv(qkv, (self.ws, self.ws), scale=self.scale, impl=self.impl)
+        else:
+            q, k, v = qkv.unbind(3)
+            out = padded_window_attention(q, k, v, (self.ws, self.ws), scale=self.scale, impl=self.impl)
         return self.h_proj(out.reshape(B, H, W, self.h_dim))
 
     def lofi(self, x: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ SAMPLE_CALLS = {
     "neighborhood_attention_2d": "q, k, v = qkv((1, 7, 8, 2, 8)); out = K.neighborhood_attention_2d(q, k, v, 3, impl='auto')",
     "window_attention_2d": "q, k, v = qkv((1, 4, 6, 2, 8)); out = K.window_attention_2d(q, k, v, 2, impl='auto')",
     "window_attention_2d_qkv": (
-        "q, k, v = qkv((1, 4, 6, 2, 8)); out = K.window_attention_2d_qkv(torch.stack((q, k, v), 3), 2, shift=1, impl='auto')"
+        "q, k, v = qkv((1, 4, 6, 2, 8)); "
+        "out = K.window_attention_2d_qkv(torch.stack((q, k, v), 3), 2, shift=1, impl='auto')"
     ),
 }
 

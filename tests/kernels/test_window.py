@@ -189,7 +189,8 @@ def test_packed_grads_match_reference(dtype, shift, use_rpb):
     inputs = [qkv] + ([rpb.requires_grad_()] if use_rpb else [])
     out = window_attention_2d_qkv(qkv, window, shift=shift, rpb=rpb, impl="torch")
     ref_in = [x.detach().double().requires_grad_() for x in inputs]
-    ref = window_attention_2d(*ref_in[0].unbind(3), window, shift=shift, rpb=ref_in[1] if use_rpb else None, impl="reference")
+    ref_rpb = ref_in[1] if use_rpb else None
+    ref = window_attention_2d(*ref_in[0].unbind(3), window, shift=shift, rpb=ref_rpb, impl="reference")
     assert out.dtype == dtype and out.shape == q.shape
     assert_close(out.double(), ref, dtype, what="out")
     grad_out = torch.randn_like(ref)

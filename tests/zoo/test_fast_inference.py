@@ -87,10 +87,13 @@ def _mlp_grads(mlp: FusedMlp, x: torch.Tensor, weight: torch.Tensor) -> list[tor
     return [y, *torch.autograd.grad((y * weight).sum(), inputs)]
 
 
-@pytest.mark.parametrize("tile_bytes", [1 << 40, 4 * 32 * 30])  # one tile; 100 rows at ≤ 30 per tile → 4 tiles of 25
+# one tile; 100 rows at ≤ 30 per tile → 4 tiles of 25
+@pytest.mark.parametrize("tile_bytes", [1 << 40, 4 * 32 * 30])
 @pytest.mark.parametrize("x_grad", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_training_mlp_matches_autograd(tile_bytes: int, x_grad: bool, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_mlp_matches_autograd(
+    tile_bytes: int, x_grad: bool, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CPU fp32 training runs FusedMlp through _CpuMlpFunction: output and every gradient equal eager autograd
     in float64."""
     monkeypatch.setattr(_blocks, "_MLP_TILE_BYTES", tile_bytes)
