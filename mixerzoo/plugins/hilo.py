@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
-from mixerzoo.kernels import window_attention_2d_qkv
 from mixerzoo.kernels._dispatch import Impl
-from mixerzoo.plugins.window import padded_window_attention
+from mixerzoo.plugins.window import padded_window_attention_qkv
 
 __all__ = ["HiLo"]
 
@@ -93,11 +92,7 @@ class HiLo(nn.Module):
     def hifi(self, x: Tensor) -> Tensor:
         B, H, W, _ = x.shape
         qkv = self.h_qkv(x).view(B, H, W, 3, self.h_heads, self.head_dim)
-        if H % self.ws == 0 and W % self.ws == 0:  # packed op: one gather in and out, no q/k/v stack in backward
-            out = window_attention_2d_qkv(qkv, (self.ws, self.ws), scale=self.scale, impl=self.impl)
-        else:
-            q, k, v = qkv.unbind(3)
-            out = padded_window_attention(q, k, v, (self.ws, self.ws), scale=self.scale, impl=self.impl)
+        out = padded_window_attention_qkv(qkv, (self.ws, self.ws), scale=self.scale, impl=self.impl)
         return self.h_proj(out.reshape(B, H, W, self.h_dim))
 
     def lofi(self, x: Tensor) -> Tensor:

@@ -23,7 +23,12 @@ from torch import Tensor, nn
 from mixerzoo.kernels import window_attention_2d, window_attention_2d_qkv
 from mixerzoo.kernels._dispatch import Impl
 
-__all__ = ["WindowAttention", "padded_window_attention", "swin_window_attention"]
+__all__ = [
+    "WindowAttention",
+    "padded_window_attention",
+    "padded_window_attention_qkv",
+    "swin_window_attention",
+]
 
 _MASK_LOGIT = -1.0e4  # added to the logits of padded keys (exp underflows to exactly 0 in fp32)
 
@@ -58,6 +63,25 @@ def padded_window_attention(
     kp[..., d] = (invalid * (_MASK_LOGIT / scale))[None, :, :, None]
     out = window_attention_2d(qp, kp, vp, window, shift=shift, rpb=rpb, scale=scale, impl=impl)
     return out[:, :H, :W, :, :d]
+
+
+@register_notrace_function  # shape-dependent dispatch: a leaf for torch.fx
+def padded_window_attention_qkv(
+    qkv: Tensor,
+    window: tuple[int, int],
+    *,
+    shift: tuple[int, int] = (0, 0),
+    rpb: Tensor | None = None,
+    scale: float,
+    impl: Impl = "auto",
+) -> Tensor:
+    """:func:`padded_window_attention` on packed ``qkv`` ``(B, H, W, 3, heads, d)``: maps that are a multiple of
+    ``window`` run the packed op (``window_attention_2d_qkv``: one gather in and out, no q/k/v stack in
+    backward), others the padded one."""
+    if qkv.shape[1] % window[0] == 0 and qkv.shape[2] % window[1] == 0:
+        return window_attention_2d_qkv(qkv, window, shift=shift, rpb=rpb, scale=scale, impl=impl)
+    q, k, v = qkv.unbind(3)
+    return padded_window_attention(q, k, v, window, shift=shift, rpb=rpb, scale=scale, impl=impl)
 
 
 @register_notrace_module  # a leaf for torch.fx (shape-dependent padding / dispatch)
@@ -139,8 +163,8 @@ def swin_window_attention(
     qkv: Tensor, table: Tensor | None, window_size: int, shift_size: int, scale: float, impl: Impl
 ) -> Tensor:
     """Swin's window rule on packed ``qkv`` ``(B, H, W, 3, heads, d)`` → ``(B, H, W, heads, d)``: a window at least
-    as large as the short side shrinks to it (no shift) and uses the centre block of the bias table; maps that
-    are a multiple of the window run the packed op, others padded window attention."""
+    as large as the short side shrinks to it (no shift) and uses the centre block of the bias table; then
+    :func:`padded_window_attention_qkv`."""
     H, W, heads = qkv.shape[1], qkv.shape[2], qkv.shape[4]
     ws, shift = window_size, shift_size
     if min(H, W) <= ws:
@@ -152,7 +176,4 @@ def swin_window_attention(
         if ws != w:  # centre sub-block: the offsets a smaller window can see
             rpb = rpb[:, w - ws : w + ws - 1, w - ws : w + ws - 1]
         rpb = rpb.to(qkv.dtype)
-    if H % ws == 0 and W % ws == 0:
-        return window_attention_2d_qkv(qkv, (ws, ws), shift=(shift, shift), rpb=rpb, scale=scale, impl=impl)
-    q, k, v = qkv.unbind(3)
-    return padded_window_attention(q, k, v, (ws, ws), shift=(shift, shift), rpb=rpb, scale=scale, impl=impl)
+    return padded_window_attention_qkv(qkv, (ws, ws), shift=(shift, shift), rpb=rpb, scale=scale, impl=impl)

@@ -19,22 +19,33 @@ from mixerzoo.kernels.window.common import bias_index, merge_windows, region_lab
 __all__ = ["forward", "packed_forward"]
 
 
-def _mask(height, width, window, shift, rpb, heads, dtype, device) -> torch.Tensor | None:
+def _window_bias(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int], rpb: torch.Tensor | None, heads: int,
+    dtype: torch.dtype, device: torch.device,
+) -> torch.Tensor | None:  # fmt: skip
+    """``[nW or 1, heads, L, L]`` additive logits: relative position bias + Swin's region mask (−inf); ``None``
+    when there is neither."""
     n_win = (height // window[0]) * (width // window[1])
     length = window[0] * window[1]
     bias = None
     if rpb is not None:
-        bias = rpb.to(dtype).flatten(1)[:, bias_index(window).to(device)]  # (heads, L, L)
-        bias = bias[None].expand(n_win, heads, length, length)
+        bias = rpb.to(dtype).flatten(1)[:, bias_index(window).to(device)][None]  # (1, heads, L, L)
     if shift != (0, 0):
         lab = split_windows(region_labels(height, width, window, shift).to(device)[None, :, :, None, None], window)
         lab = lab[0, :, 0, :, 0]
-        same = lab[:, :, None] == lab[:, None, :]
-        neg = torch.zeros((n_win, 1, length, length), dtype=dtype, device=device).masked_fill(
-            ~same[:, None], float("-inf")
-        )
+        neg = torch.zeros((n_win, 1, length, length), dtype=dtype, device=device)
+        neg.masked_fill_((lab[:, :, None] != lab[:, None, :])[:, None], float("-inf"))
         bias = neg.expand(n_win, heads, length, length) if bias is None else bias + neg
-    return None if bias is None else bias.reshape(1, n_win * heads, length, length)
+    return bias
+
+
+def _mask(height, width, window, shift, rpb, heads, dtype, device) -> torch.Tensor | None:
+    """:func:`_window_bias` as SDPA's ``attn_mask`` over the ``(1, nW·heads)`` head axis."""
+    bias = _window_bias(height, width, window, shift, rpb, heads, dtype, device)
+    if bias is None:
+        return None
+    n_win, length = (height // window[0]) * (width // window[1]), window[0] * window[1]
+    return bias.expand(n_win, heads, length, length).reshape(1, n_win * heads, length, length)
 
 
 def forward(
@@ -98,25 +109,6 @@ def _packed_plan(
     return gather, scatter, out_gather, out_scatter
 
 
-def _packed_bias(
-    height: int, width: int, window: tuple[int, int], shift: tuple[int, int], rpb: torch.Tensor | None, heads: int,
-    dtype: torch.dtype, device: torch.device,
-) -> torch.Tensor | None:  # fmt: skip
-    """``[nW or 1, heads, L, L]`` additive logits: relative position bias + Swin's region mask (−inf)."""
-    n_win = (height // window[0]) * (width // window[1])
-    length = window[0] * window[1]
-    bias = None
-    if rpb is not None:
-        bias = rpb.to(dtype).flatten(1)[:, bias_index(window).to(device)][None]  # (1, heads, L, L)
-    if shift != (0, 0):
-        lab = split_windows(region_labels(height, width, window, shift).to(device)[None, :, :, None, None], window)
-        lab = lab[0, :, 0, :, 0]
-        neg = torch.zeros((n_win, 1, length, length), dtype=dtype, device=device)
-        neg.masked_fill_((lab[:, :, None] != lab[:, None, :])[:, None], float("-inf"))
-        bias = neg.expand(n_win, heads, length, length) if bias is None else bias + neg
-    return bias
-
-
 class _PackedWindowAttention(torch.autograd.Function):
     """Window attention on packed ``qkv`` ``[B, H, W, 3, heads, d]``.
 
@@ -137,7 +129,7 @@ class _PackedWindowAttention(torch.autograd.Function):
         buf = qkv.reshape(-1, d).index_select(0, gather).view(3, B * nwh, length, d)
         q, k, v = buf.unbind(0)
         q.mul_(scale)
-        bias = _packed_bias(H, W, window, shift, rpb, heads, qkv.dtype, qkv.device)
+        bias = _window_bias(H, W, window, shift, rpb, heads, qkv.dtype, qkv.device)
         probs = torch.empty((B * nwh, length, length), dtype=qkv.dtype, device=qkv.device)
         if bias is None:
             torch.bmm(q, k.transpose(1, 2), out=probs)
