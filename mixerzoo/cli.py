@@ -102,16 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command. User-facing errors (unknown names, bad values, hub/checkpoint errors, file-system
+    errors such as a full disk) end with one line ``mixerzoo <command>: error: ...`` and exit status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from mixerzoo.plugins import MixerLoadError, UnknownMixerError
+    from mixerzoo.train._cli import one_line_error
     from mixerzoo.zoo import UnknownModelError
 
     try:
         return int(args.func(args) or 0)
-    except (UnknownModelError, UnknownMixerError, MixerLoadError, ValueError, FileNotFoundError) as err:
-        print(f"mixerzoo {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (UnknownModelError, UnknownMixerError, MixerLoadError, ValueError) as err:
+        msg = one_line_error(err, always=True)
+    except Exception as err:  # noqa: BLE001 - hub errors and OSError (ENOSPC, EACCES, ...) get one line too
+        msg = one_line_error(err)
+        if msg is None:
+            raise
+    print(f"mixerzoo {args.command}: error: {msg}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 from .recipe import Recipe, RecipeError, _base_type, build_recipe, field_types, recipe_fields
 
-__all__ = ["build_parser", "main", "register", "run_command"]
+__all__ = ["build_parser", "main", "one_line_error", "register", "run_command"]
 
 _HELP = {
     "train": "train a model with the common recipe (default data: the bundled digits)",
@@ -51,19 +51,18 @@ def _add_recipe_flags(p: argparse.ArgumentParser, only: set[str] | None = None) 
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.metadata.get("nargs"):
-            p.add_argument(flag, type=float, nargs=f.metadata["nargs"], metavar=("LO", "HI"), **kw)
+            p.add_argument(flag, nargs=f.metadata["nargs"], metavar=("LO", "HI"), **kw)
         else:
-            conv = {int: int, float: float, str: str}.get(tp, str)
-            if optional:
-                base = conv
-
-                def conv(s: str, _b: Any = base) -> Any:  # "none" clears an optional value
-                    return None if s.lower() in ("none", "null") else _b(s)
-
-                conv.__name__ = base.__name__
+            # values stay strings here and are converted by recipe.coerce, so a bad value is one line naming
+            # the key (argparse would print its usage block); "none" clears an optional value
+            conv = _none_or_str if optional else str
             p.add_argument(flag, type=conv, metavar=f.name.upper(), **kw)
         if f.name == "model":
             p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL", help="same as --model")
+
+
+def _none_or_str(s: str) -> str | None:
+    return None if s.lower() in ("none", "null") else s
 
 
 def build_parser(prog: str = "mixerzoo") -> argparse.ArgumentParser:
@@ -91,12 +90,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _config_for(args: argparse.Namespace, overrides: dict[str, Any]) -> str | None:
+    """The recipe file: ``--config``, or for ``--resume`` without one the run's own ``recipe.json``.
+
+    A resumed run therefore needs no flags but ``--resume`` (and ``--output``); flags that are given must agree
+    with the run's recipe (checked by ``fit``).
+    """
+    if args.config is not None or args.command == "eval":
+        return args.config
+    if overrides.get("resume") is not True:
+        return None
+    model = overrides.get("model")
+    output = overrides.get("output")
+    out = Recipe(model=model, output=output).output_dir() if output or model else None
+    if out is not None and (out / "recipe.json").is_file():
+        return str(out / "recipe.json")
+    return None
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Execute a parsed ``train``/``finetune``/``eval`` command; returns the exit status."""
     quiet = bool(getattr(args, "quiet", False))
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
-        recipe = build_recipe(_overrides(args), mode=args.command, config=args.config)
+        overrides = _overrides(args)
+        recipe = build_recipe(overrides, mode=args.command, config=_config_for(args, overrides))
         if args.command == "eval":
             from .loop import evaluate_recipe
 
@@ -112,9 +130,41 @@ def run_command(args: argparse.Namespace) -> int:
         if _is_main():
             _echo(result.summary)
         return 0
-    except RecipeError as e:
-        sys.stderr.write(f"mixerzoo {args.command}: error: {e}\n")
+    except Exception as e:  # noqa: BLE001 - only the known one-line kinds are answered here
+        msg = one_line_error(e)
+        if msg is None:
+            raise
+        sys.stderr.write(f"mixerzoo {args.command}: error: {msg}\n")
         return 2
+
+
+def one_line_error(err: BaseException, *, always: bool = False) -> str | None:
+    """The one-line message for a user-facing error (recipe, hub, checkpoint, file system), else None
+    (``always``: the joined text of any error).
+
+    ``OSError`` (disk full, permission denied, a missing file) becomes ``<reason>: '<path>'``; hub errors and
+    RecipeError keep their own (one-line) text. Anything else is a bug and keeps its traceback.
+    """
+    hub_error: tuple[type[BaseException], ...] = ()
+    try:
+        from mixerzoo.hub._config import HubError
+
+        hub_error = (HubError,)
+    except ImportError:  # pragma: no cover - the hub package is part of mixerzoo
+        pass
+    if isinstance(err, RecipeError) or (hub_error and isinstance(err, hub_error)):
+        text = str(err)
+    elif isinstance(err, OSError):
+        if err.strerror and err.filename is not None:
+            text = f"{err.strerror}: {str(err.filename)!r}"
+        else:
+            text = str(err) or type(err).__name__
+    elif always:
+        text = str(err)
+    else:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(err).__name__
 
 
 def _is_main() -> bool:

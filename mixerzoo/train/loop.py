@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import rundir
 from .data import ImageDataset, build_loader, build_transform, open_sources, resolve_data_config, steps_per_epoch
 from .finetune import check_model_name, prepare_model
 from .optim import create_criterion, create_mixup, create_optimizer, create_scheduler
@@ -196,10 +196,13 @@ def plot_history(history: list[dict[str, Any]], path: str | Path, title: str = "
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from mixerzoo.hub._io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:  # a unique temp name per write: concurrent writers never collide
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -212,6 +215,28 @@ class _JsonlLog:
             return
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, global_step: int) -> None:
+    """Drop the records a resumed run will write again (global_step after the checkpoint) and torn lines."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError
+        except ValueError:
+            dropped += 1
+            continue
+        if int(rec.get("global_step", 0)) > global_step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        ckpt.atomic_write(path, "".join(f"{line}\n" for line in kept).encode())
+        _log.info("metrics.jsonl: dropped %d record(s) after step %d (they are written again)", dropped, global_step)
 
 
 def _export(model: nn.Module, out: Path, recipe: Recipe, metrics: dict[str, Any], plot: Path | None,
@@ -277,14 +302,9 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
     torch.manual_seed(recipe.seed)
     out = recipe.output_dir()
     ckpt_dir = out / "checkpoints"
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not recipe.resume:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-    _barrier(d)
-
+    _rank0(lambda: rundir.precheck(recipe), d)  # read-only: a run already there, a live lock, resume without run
+    # everything below up to rundir.claim only reads: the data, the model and the optimizer are checked before
+    # the output folder is touched, so a typo cannot cost an earlier run
     train_src, val_src = open_sources(recipe.data, recipe.val_data, val_split=recipe.val_split,
                                       digits_size=recipe.img_size or 32, verify=recipe.verify_images)
     classes = train_src.classes
@@ -317,6 +337,37 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
         ema = ModelEmaV3(model, decay=recipe.ema_decay)
     amp = _amp(recipe, d.device)
 
+    lock = _rank0(lambda: rundir.claim(recipe), d)
+    try:
+        return _train(recipe, mode, on_step, d, t_start=t_start, out=out, ckpt_dir=ckpt_dir, model=model,
+                      data_cfg=data_cfg, channels_last=channels_last, train_ds=train_ds, val_ds=val_ds,
+                      classes=classes, local_bs=local_bs, spe=spe, optimizer=optimizer, scheduler=scheduler,
+                      mixup=mixup, criterion=criterion, ema=ema, amp=amp)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rank0(fn: Callable[[], Any], d: _Dist) -> Any:
+    """Run ``fn`` on rank 0; if it raises there, every rank raises (instead of the others waiting forever)."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks were told
+            error = e
+    failed = _all_sum([1.0 if error is not None else 0.0], d)[0]
+    if error is not None:
+        raise error
+    if failed:
+        raise RecipeError("rank 0 could not prepare the output folder (see its message)")
+    return result
+
+
+def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | None, d: _Dist, *,
+           t_start: float, out: Path, ckpt_dir: Path, model: nn.Module, data_cfg: Any, channels_last: bool,
+           train_ds: Any, val_ds: Any, classes: list[str], local_bs: int, spe: int, optimizer: Any, scheduler: Any,
+           mixup: Any, criterion: Any, ema: Any, amp: Any) -> TrainResult:
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
                              "loss_sum": 0.0, "loss_count": 0, "world": d.world, "batch_size": recipe.batch_size,
                              "seconds": 0.0}
@@ -329,8 +380,12 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
                 raise RecipeError(f"resume: checkpoint was written with {key}={saved.get(key)}, now {state[key]} "
                                   "(the data order would change)")
         state.update(saved)
-        _log.info("resumed from step %d (epoch %d, batch %d)", state["global_step"], state["epoch"] + 1,
-                  state["step_in_epoch"])
+        if d.main:
+            ckpt.set_aside_newer(ckpt_dir, meta["_loaded"])
+            _truncate_metrics(out / "metrics.jsonl", int(state["global_step"]))
+        _barrier(d)
+        _log.info("resumed from %s: step %d (epoch %d, batch %d)", meta["_loaded"], state["global_step"],
+                  state["epoch"] + 1, state["step_in_epoch"])
     base_seconds = float(state.get("seconds", 0.0))
 
     train_model: nn.Module = model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,8 @@ __all__ = [
     "FAMILY_DEFAULTS",
     "FINETUNE_DEFAULTS",
     "DIGITS_DEFAULTS",
+    "RANGES",
+    "Range",
     "Recipe",
     "RecipeError",
     "build_recipe",
@@ -101,6 +104,7 @@ class Recipe:
     # output
     output: str | None = _f(None, "output directory (default: runs/<model>)")
     resume: bool = _f(False, "continue from the last checkpoint in the output directory")
+    overwrite: bool = _f(False, "replace the run in an existing output directory (only its own files are removed)")
     ckpt_every: int = _f(0, "also checkpoint every N optimizer steps (0: at the end of each epoch only)")
     keep_ckpts: int = _f(2, "number of checkpoints kept")
     eval_every: int = _f(1, "evaluate every N epochs (and always after the last)")
@@ -112,27 +116,30 @@ class Recipe:
         self.validate()
 
     def validate(self) -> None:
-        """Raise RecipeError naming the field and value for values that can never work."""
-        _positive = ("batch_size", "epochs", "lr_base_size", "eval_every", "log_every", "keep_ckpts", "in_chans")
-        for name in _positive:
-            if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "smoothing"):
+        """Raise RecipeError naming the field and value for values that can never work (see :data:`RANGES`)."""
+        for name, rng in RANGES.items():
+            rng.check(name, getattr(self, name))
+        for name in ("scale", "ratio"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise RecipeError(f"{name} must be in [0, 1], got {value!r}")
-        if not 0.0 < self.val_split < 1.0:
-            raise RecipeError(f"val_split must be in (0, 1), got {self.val_split!r}")
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise RecipeError(f"{name} must be two numbers (LO HI), got {value!r}")
+            rng = _PAIR_RANGES[name]
+            for v in value:
+                rng.check(name, v, shown=value)
+            if value[0] > value[1]:
+                raise RecipeError(f"{name} must be (LO, HI) with LO <= HI, got {tuple(value)!r}")
         if self.aug not in ("rand", "none"):
             raise RecipeError(f"aug must be 'rand' or 'none', got {self.aug!r}")
-        if not 0 <= self.aug_magnitude <= 10:
-            raise RecipeError(f"aug_magnitude must be in 0..10, got {self.aug_magnitude!r}")
         if self.amp not in ("auto", "bf16", "none"):
             raise RecipeError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
-        if self.freeze_stages < 0 or self.workers < 0 or self.ckpt_every < 0:
-            raise RecipeError("freeze_stages, workers and ckpt_every must be >= 0")
-        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise RecipeError(f"layer_decay must be in (0, 1], got {self.layer_decay!r}")
+        lr = self.resolved_lr()
+        if self.min_lr > lr:
+            given = "lr" if self.lr is not None else "lr_base * batch_size / lr_base_size"
+            raise RecipeError(f"min_lr={self.min_lr!r} is above the learning rate {lr:.4g} ({given}); "
+                              "lower --min-lr or raise --lr")
+        if self.resume and self.overwrite:
+            raise RecipeError("resume and overwrite exclude each other: --resume continues the run in the output "
+                              "directory, --overwrite replaces it")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples become lists)."""
@@ -145,6 +152,105 @@ class Recipe:
     def output_dir(self) -> Path:
         name = (self.model or "model").replace("/", "_").replace(":", "_")
         return Path(self.output) if self.output else Path("runs") / name
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric recipe key: ``lo``/``hi`` bounds (``None``: unbounded), open or closed."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    hint: str = ""
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return "a finite number"
+
+    def check(self, name: str, value: Any, shown: Any = None) -> None:
+        """RecipeError naming ``name`` and the value unless ``value`` is a finite number inside the range."""
+        shown = value if shown is None else shown
+        if value is None and _base_type(field_types()[name])[1]:
+            return
+        kind = "an int" if self.integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+            raise RecipeError(f"{name} must be {kind}, got {shown!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"{name} must be a finite number, got {shown!r}")
+        too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if too_low or too_high:
+            hint = f" ({self.hint})" if self.hint else ""
+            raise RecipeError(f"{name} must be {self.describe()}, got {shown!r}{hint}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _int(lo: int, hi: int, hint: str = "") -> Range:
+    return Range(lo, hi, integer=True, hint=hint)
+
+
+def _prob(hi_open: bool = False) -> Range:
+    return Range(0.0, 1.0, hi_open=hi_open)
+
+
+# The valid range of every numeric recipe key, checked by Recipe.validate (so flags, YAML files and Python
+# callers all get the same one-line error). Upper bounds catch values that would only exhaust memory or time.
+RANGES: dict[str, Range] = {
+    # model
+    "num_classes": _int(1, 1_000_000),
+    "in_chans": _int(1, 1024),
+    "drop_path": Range(0.0, 1.0, hi_open=True),
+    "drop_rate": Range(0.0, 1.0, hi_open=True),
+    "freeze_stages": _int(0, 64),
+    # data
+    "val_split": Range(0.0, 1.0, lo_open=True, hi_open=True),
+    "img_size": _int(1, 8192),
+    "crop_pct": Range(0.0, 1.0, lo_open=True),
+    "batch_size": _int(1, 1 << 20),
+    "workers": _int(0, 512),
+    "hflip": _prob(),
+    "aug_ops": _int(0, 12, "the 'rand' policy has 12 ops"),
+    "aug_magnitude": _int(0, 10),
+    "reprob": _prob(),
+    "mixup": Range(0.0, 100.0),
+    "cutmix": Range(0.0, 100.0),
+    "mixup_prob": _prob(),
+    "mixup_switch_prob": _prob(),
+    "smoothing": _prob(hi_open=True),
+    # optimisation
+    "epochs": _int(1, 1_000_000),
+    "lr": Range(0.0, 100.0, lo_open=True),
+    "lr_base": Range(0.0, 100.0, lo_open=True),
+    "lr_base_size": _int(1, 1 << 30),
+    "opt_eps": Range(0.0, 1.0, lo_open=True),
+    "momentum": _prob(hi_open=True),
+    "weight_decay": Range(0.0, 100.0),
+    "layer_decay": Range(0.0, 1.0, lo_open=True),
+    "warmup_epochs": Range(0.0, 1_000_000.0),
+    "warmup_lr": Range(0.0, 100.0),
+    "min_lr": Range(0.0, 100.0),
+    "clip_grad": Range(0.0, 1e9, lo_open=True, hint="use none to disable clipping"),
+    "ema_decay": _prob(),
+    "seed": _int(0, 2**32 - 1),
+    # output
+    "ckpt_every": _int(0, 1 << 40),
+    "keep_ckpts": _int(1, 10_000),
+    "eval_every": _int(1, 1_000_000),
+    "log_every": _int(1, 1 << 40),
+}
+# scale / ratio are (LO, HI) pairs; each number is checked against these, and LO <= HI
+_PAIR_RANGES: dict[str, Range] = {"scale": Range(0.0, 1.0, lo_open=True), "ratio": Range(0.0, 100.0, lo_open=True)}
 
 
 # Per-family defaults, matched with fnmatch on the model name without the ``mz_`` prefix; first match wins.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from mixerzoo.train import build_recipe
 from mixerzoo.train._cli import build_parser, main
 
 from _train_helpers import TINY, make_image_folder
@@ -25,7 +26,11 @@ def test_register_adds_subcommands():
 
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", "--model", "x", "--freeze-stages", "2", "--no-ema", "--scale", "0.5", "1"])
-    assert (args.command, args.freeze_stages, args.ema, args.scale) == ("finetune", 2, False, [0.5, 1.0])
+    assert (args.command, args.freeze_stages, args.ema, args.scale) == ("finetune", "2", False, ["0.5", "1"])
+    from mixerzoo.train._cli import _overrides
+
+    r = build_recipe(_overrides(args), mode="finetune")  # values are converted (and range-checked) by the recipe
+    assert (r.freeze_stages, r.ema, r.scale) == (2, False, (0.5, 1.0))
     assert build_parser().parse_args(["eval", "m"]).model_pos == "m"
 
 
@@ -64,7 +69,8 @@ def test_train_then_eval_and_finetune_from_output(capsys, tmp_path):
     other = make_image_folder(tmp_path / "d3", n_per_class=4, classes=("p", "q", "r"))
     err = _err(capsys, ["eval", str(run), "--data", str(other), "--workers", "0"])
     assert "has 2 classes but the data" in err
-    assert main(["finetune", str(run), "--data", str(other), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+    assert main(["finetune", str(run), "--data", str(other), "--epochs", "1", "--batch-size", "4", "--lr", "1e-3",
+                 "--workers", "0",
                  "--img-size", "16", "--quiet", "--freeze-stages", "1", "--output", str(tmp_path / "ft")]) == 0
     cfg = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
     assert cfg["num_classes"] == 3
