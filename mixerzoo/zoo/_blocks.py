@@ -24,6 +24,7 @@ __all__ = [
     "fused_mlp_residual",
     "inference_chunk_size",
     "factory",
+    "init_weights",
     "make_mixer",
     "resolve_mixers",
     "run_mixer",
@@ -114,6 +115,14 @@ def stage_options(
     if len(opts) != num_stages:
         raise ValueError(f"mixer_options={mixer_options!r}: need one dict or {num_stages} (one per stage)")
     return opts
+
+
+def init_weights(model: nn.Module, fn: Any) -> None:
+    """``model.apply(fn)``, skipped on the meta device: a meta build only sizes the model (hub checks, config
+    round trips), and the initialisers would only trace through meta kernels."""
+    first = next(model.parameters(), None)
+    if first is None or not first.is_meta:
+        model.apply(fn)
 
 
 def stage_dpr(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from timm.models import build_model_with_cfg
 
+from mixerzoo.zoo._checks import check_model_args
 from mixerzoo.zoo._registry import PREFIX
 
 __all__ = ["build_backbone"]
@@ -37,6 +38,7 @@ def build_backbone(
     for key in list(kwargs):
         if key in arch:
             arch[key] = kwargs.pop(key)
+    check_model_args({**arch, **kwargs}, model=PREFIX + variant)  # one-line errors before anything is built
     dataclasses.replace(config, **arch)  # re-validates the overridden config (its __post_init__)
     feature_cfg = {"feature_cls": "getter", "out_indices": out_indices}
     return build_model_with_cfg(

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -300,7 +301,7 @@ class BiFormer(nn.Module):
             self.stages = nn.Sequential(*stages)
             self.out_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if out_norms else None
             self.head = BiFormerHead(dims[-1], num_classes, global_pool, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

@@ -43,6 +43,7 @@ from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -273,7 +274,7 @@ class BiFormerSTL(nn.Module):
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.head = STLHead(dims[-1], num_classes, global_pool, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

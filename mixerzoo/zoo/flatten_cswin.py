@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -42,6 +43,7 @@ from mixerzoo.zoo._blocks import (
 )
 from mixerzoo.zoo._blocks import FusedMlp as Mlp
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenCSwin", "FLattenCSwinConfig", "checkpoint_filter"]
@@ -58,7 +60,7 @@ class FLattenCSwinConfig:
     attn_types: str = "LLSS"  # per stage: "L" focused linear, "S" CSWin softmax
     mixers: str | tuple[str, ...] = "cross_shaped"
     mixer_options: Any = None  # dict for every stage, or one dict per stage
-    img_size: int = 224  # native resolution: decides full-map stages, sizes the positional terms
+    img_size: int | tuple[int, int] = 224  # native resolution, int or (H, W): full-map stages, positional terms
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     focusing_factor: float = 3.0
@@ -141,7 +143,7 @@ class FLattenCSwin(nn.Module):
         attn_types: str = "LLSS",
         mixers: str | Sequence[str] = "cross_shaped",
         mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
-        img_size: int = 224,
+        img_size: int | Sequence[int] = 224,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         focusing_factor: float = 3.0,
@@ -168,25 +170,27 @@ class FLattenCSwin(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
+        img_h, img_w = image_size(img_size)
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.stem = ConvEmbed(in_chans, embed_dim, kernel=7, stride=4, padding=2)
             stages, self.feature_info = [], []
             for i in range(n):
-                res = img_size // (4 * 2**i)
+                res = (img_h // (4 * 2**i), img_w // (4 * 2**i))
                 linear = attn_types[i] == "L"
                 split = la_split_sizes[i] if linear else split_sizes[i]
-                full = i == n - 1 or split == res  # official: last stage, or a stripe as wide as the map
+                full = i == n - 1 or split == max(res)  # official: last stage, or a stripe as wide as the map
                 if linear and not full:
                     raise ValueError(
-                        f"la_split_sizes[{i}]={split}: focused-linear stages need stripes as wide as the map ({res})"
+                        f"la_split_sizes[{i}]={split}: focused-linear stages need stripes as wide as the map "
+                        f"({max(res)})"
                     )
                 stages.append(
                     CSwinStage(
                         dims[i - 1] if i > 0 else embed_dim, dims[i], depths[i], downsample=i > 0, dpr=dpr[i],
                         mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratio, drop=proj_drop_rate,
                         num_heads=num_heads[i], qkv_bias=qkv_bias, split_size=split, full=full,
-                        kernel="focused_linear" if linear else "softmax", pos_size=(res, res),
+                        kernel="focused_linear" if linear else "softmax", pos_size=res,
                         focusing_factor=focusing_factor, kernel_size=kernel_size,
                     )
                 )  # fmt: skip
@@ -195,7 +199,7 @@ class FLattenCSwin(nn.Module):
             self.norm = nn.LayerNorm(dims[-1])
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

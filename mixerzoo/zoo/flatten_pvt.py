@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -42,6 +43,7 @@ from mixerzoo.zoo._blocks import (
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenPVT", "FLattenPVTConfig", "checkpoint_filter"]
@@ -57,7 +59,7 @@ class FLattenPVTConfig:
     sr_ratios: tuple[int, ...] = (1, 1, 1, 1)  # FLatten's released configs: la_sr_ratios '1111'
     mixers: str | tuple[str, ...] = "focused_linear"
     mixer_options: Any = None
-    img_size: int = 224
+    img_size: int | tuple[int, int] = 224  # native resolution, int or (H, W)
     patch_size: int = 4
     qkv_bias: bool = True
     focusing_factor: float = 3.0
@@ -115,13 +117,14 @@ class PVTStage(nn.Module):
     """Patch embedding (+ learned position embedding on the native grid) and blocks, ``[B, H, W, C]``."""
 
     def __init__(
-        self, in_dim: int, dim: int, depth: int, *, patch_size: int, grid: int, dpr: Sequence[float], **block: Any
+        self, in_dim: int, dim: int, depth: int, *, patch_size: int, grid: tuple[int, int], dpr: Sequence[float],
+        **block: Any,
     ) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.grid = (grid, grid)
+        self.grid = (grid[0], grid[1])
         self.patch_embed = PatchEmbed(in_dim, dim, patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
         self.add_pos = PosEmbedAdd(self.grid)
         trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.Sequential(*[PVTBlock(dim, drop_path=dpr[j], **block) for j in range(depth)])
@@ -148,7 +151,7 @@ class FLattenPVT(nn.Module):
         sr_ratios: Sequence[int] = (1, 1, 1, 1),
         mixers: str | Sequence[str] = "focused_linear",
         mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
-        img_size: int = 224,
+        img_size: int | Sequence[int] = 224,
         patch_size: int = 4,
         qkv_bias: bool = True,
         focusing_factor: float = 3.0,
@@ -174,18 +177,19 @@ class FLattenPVT(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
+        img_h, img_w = image_size(img_size)
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             stages, self.feature_info = [], []
             for i in range(n):
                 reduction = patch_size * 2**i
-                grid = img_size // reduction
+                grid = (img_h // reduction, img_w // reduction)
                 stages.append(
                     PVTStage(
                         in_chans if i == 0 else dims[i - 1], dims[i], depths[i], patch_size=patch_size if i == 0 else 2,
                         grid=grid, dpr=dpr[i], mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratios[i],
                         drop=proj_drop_rate, num_heads=num_heads[i], qkv_bias=qkv_bias, qkv_layout="split",
-                        sr_ratio=sr_ratios[i], pos_size=(grid, grid), focusing_factor=focusing_factor,
+                        sr_ratio=sr_ratios[i], pos_size=grid, focusing_factor=focusing_factor,
                         kernel_size=kernel_size,
                     )
                 )  # fmt: skip
@@ -193,7 +197,7 @@ class FLattenPVT(nn.Module):
             self.stages = nn.Sequential(*stages)
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -43,6 +44,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenPVTv2", "FLattenPVTv2Config", "checkpoint_filter"]
@@ -58,7 +60,7 @@ class FLattenPVTv2Config:
     sr_ratios: tuple[int, ...] = (1, 1, 1, 1)  # FLatten's released configs: la_sr_ratios '1111'
     mixers: str | tuple[str, ...] = "focused_linear"
     mixer_options: Any = None  # dict for every stage, or one dict per stage
-    img_size: int = 224  # native resolution: sizes the focused-linear positional terms
+    img_size: int | tuple[int, int] = 224  # native resolution, int or (H, W): sizes the focused-linear positions
     qkv_bias: bool = True
     focusing_factor: float = 3.0
     kernel_size: int = 5
@@ -155,7 +157,7 @@ class FLattenPVTv2(nn.Module):
         sr_ratios: Sequence[int] = (1, 1, 1, 1),
         mixers: str | Sequence[str] = "focused_linear",
         mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
-        img_size: int = 224,
+        img_size: int | Sequence[int] = 224,
         qkv_bias: bool = True,
         focusing_factor: float = 3.0,
         kernel_size: int = 5,
@@ -184,23 +186,23 @@ class FLattenPVTv2(nn.Module):
         with factory(device):
             self.patch_embed = OverlapPatchEmbed(in_chans, dims[0], patch_size=7, stride=4)
             stages, self.feature_info = [], []
-            grid = img_size // 4  # the official token grids: 56, 28, 14, 7 at 224²
+            gh, gw = (s // 4 for s in image_size(img_size))  # the official token grids: 56, 28, 14, 7 at 224²
             for i in range(n):
                 if i > 0:
-                    grid //= 2
+                    gh, gw = gh // 2, gw // 2
                 stages.append(
                     PVTv2Stage(
                         dims[i - 1] if i > 0 else dims[0], dims[i], depths[i], downsample=i > 0, dpr=dpr[i],
                         mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratios[i], drop=proj_drop_rate,
                         num_heads=num_heads[i], qkv_bias=qkv_bias, qkv_layout="split", sr_ratio=sr_ratios[i],
-                        pos_size=(grid, grid), focusing_factor=focusing_factor, kernel_size=kernel_size,
+                        pos_size=(gh, gw), focusing_factor=focusing_factor, kernel_size=kernel_size,
                     )
                 )  # fmt: skip
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

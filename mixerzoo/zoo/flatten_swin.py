@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -45,6 +46,7 @@ from mixerzoo.zoo._blocks import (
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenSwin", "FLattenSwinConfig", "checkpoint_filter"]
@@ -59,7 +61,7 @@ class FLattenSwinConfig:
     mixers: str | tuple[str, ...] = ("focused_linear", "focused_linear", "window", "window")
     mixer_options: Any = None  # dict for every stage, or one dict per stage
     window_size: int = 7  # window of the softmax ("window") stages
-    img_size: int = 224  # native resolution: sizes the focused-linear positional terms
+    img_size: int | tuple[int, int] = 224  # native resolution, int or (H, W): sizes the focused-linear positions
     patch_size: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
@@ -148,7 +150,7 @@ class FLattenSwin(nn.Module):
         mixers: str | Sequence[str] = ("focused_linear", "focused_linear", "window", "window"),
         mixer_options: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         window_size: int = 7,
-        img_size: int = 224,
+        img_size: int | Sequence[int] = 224,
         patch_size: int = 4,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -170,6 +172,7 @@ class FLattenSwin(nn.Module):
         opts = stage_options(mixer_options, n)
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: FLattenSwin supports 'avg' or ''")
+        img_h, img_w = image_size(img_size)
         dims = [embed_dim * 2**i for i in range(n)]
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -181,12 +184,12 @@ class FLattenSwin(nn.Module):
             self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
             layers, self.feature_info = [], []
             for i in range(n):
-                grid = img_size // patch_size // 2**i
+                grid = (img_h // patch_size // 2**i, img_w // patch_size // 2**i)
                 layers.append(
                     SwinStage(
                         dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, dpr=dpr[i], window_size=window_size,
                         mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratio, drop=proj_drop_rate,
-                        num_heads=num_heads[i], qkv_bias=qkv_bias, qkv_layout="fused", pos_size=(grid, grid),
+                        num_heads=num_heads[i], qkv_bias=qkv_bias, qkv_layout="fused", pos_size=grid,
                         focusing_factor=focusing_factor, kernel_size=kernel_size,
                     )
                 )  # fmt: skip
@@ -194,7 +197,7 @@ class FLattenSwin(nn.Module):
             self.layers = nn.Sequential(*layers)
             self.norm = nn.LayerNorm(dims[-1])
             self.head = _Head(dims[-1], num_classes, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

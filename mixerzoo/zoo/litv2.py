@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -361,7 +362,7 @@ class LITv2(nn.Module):
             self.norm = nn.LayerNorm(dims[-1])
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

@@ -41,6 +41,7 @@ from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -267,7 +268,7 @@ class NAT(nn.Module):
             self.stages = nn.Sequential(*stages)
             self.out_norms = nn.ModuleList([nn.LayerNorm(d) for d in dims]) if out_norms else None
             self.head = NATHead(dims[-1], num_classes, global_pool, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

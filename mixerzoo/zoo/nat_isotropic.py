@@ -45,6 +45,7 @@ from mixerzoo.zoo._blocks import (
     Mlp,
     PatchEmbedNHWC,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -244,7 +245,7 @@ class NATIsotropic(nn.Module):
                 {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"} for i in range(depth)
             ]
             self.head = IsoHead(embed_dim, num_classes, global_pool, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

@@ -33,6 +33,7 @@ from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
     factory,
+    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -223,7 +224,7 @@ class PoolFormer(nn.Module):
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.head = PoolFormerHead(dims[-1], num_classes, global_pool, drop_rate)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from mixerzoo.zoo._blocks import DropPath, Mlp, factory, make_mixer, resolve_mixers, trunc_normal_
+from mixerzoo.zoo._blocks import DropPath, Mlp, factory, init_weights, make_mixer, resolve_mixers, trunc_normal_
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
 from mixerzoo.zoo._registry import register_backbone
 
@@ -136,7 +136,7 @@ class VisionTransformer(nn.Module):
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        self.apply(self._init_weights)
+        init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
 
