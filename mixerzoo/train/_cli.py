@@ -11,7 +11,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+import types
+from typing import Any, NoReturn
 
 from .recipe import Recipe, RecipeError, _base_type, build_recipe, field_types, recipe_fields
 
@@ -61,6 +62,11 @@ def _add_recipe_flags(p: argparse.ArgumentParser, only: set[str] | None = None) 
             p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL", help="same as --model")
 
 
+def _one_line_usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """argparse's error without the usage block: one line, exit status 2."""
+    parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+
 def _none_or_str(s: str) -> str | None:
     return None if s.lower() in ("none", "null") else s
 
@@ -76,6 +82,7 @@ def register(subparsers: Any) -> None:
     """Add ``train``, ``finetune`` and ``eval`` to an argparse sub-parser collection."""
     for name in ("train", "finetune", "eval"):
         p = subparsers.add_parser(name, help=_HELP[name], description=_HELP[name], epilog=_EPILOG)
+        p.error = types.MethodType(_one_line_usage_error, p)  # type: ignore[method-assign]
         _add_recipe_flags(p, only=_EVAL_FIELDS if name == "eval" else None)
         p.set_defaults(func=run_command, command=name)
 
