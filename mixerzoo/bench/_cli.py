@@ -42,6 +42,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time (default) or process CPU time / threads (steadier on a shared CPU)")  # fmt: skip
+    p.add_argument("--autocast", action="store_true",
+                   help="inference in bfloat16/float16 under torch.autocast over fp32 weights (default: cast the model)")
+    p.add_argument("--mfu", action="store_true",
+                   help="add MFU: achieved FLOP/s (GMACs x 2 x img/s, x3 for --train) over a same-dtype square GEMM "
+                   "timed alternately with each model")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help="side of the --mfu reference GEMM (default 2048 on CPU, 512 for CPU float16, 8192 on CUDA)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="profile one step per model; share of self time per op type (gemm, attention, norm, copy, "
+                   "elementwise, other)")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory (on CPU: one child process per model)")
     p.add_argument("--yardstick", default="timm:resnet50", help="reference model ('none': skip; default timm:resnet50)")
     p.add_argument("--out-dir", default="bench_results", help="where CSV/JSON/PNG files go (default ./bench_results)")
@@ -85,7 +95,8 @@ def run_bench(args: argparse.Namespace) -> int:
             batch=args.batch, img_size=args.img_size, device=args.device, dtype=args.dtype, compile=args.compile,
             train=args.train, warmup=args.warmup, runs=args.runs, iters=args.iters, threads=args.threads,
             memory=not args.no_memory, yardstick=None if args.yardstick.lower() == "none" else args.yardstick,
-            clock=args.clock,
+            clock=args.clock, autocast=args.autocast, mfu=args.mfu, gemm_size=args.gemm_size,
+            breakdown=args.breakdown,
         )  # fmt: skip
     except (ValueError, TypeError, RuntimeError) as err:
         sys.stderr.write(f"mixerzoo bench: {err}\n")

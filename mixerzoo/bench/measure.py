@@ -7,6 +7,10 @@
 * Speed: warm-up, then ``runs`` timed runs of ``iters`` steps each, alternating model and yardstick
   (timm's ``resnet50``, same batch/size/dtype/mode) so that load on a shared machine hits both alike;
   the medians give latency, throughput and the throughput ratio to the yardstick.
+* MFU (``mfu=True``): the achieved FLOP/s (forward FLOPs per image x images/s, x3 for a training step)
+  over a square GEMM of the same dtype timed in alternation with the model (``mixerzoo.bench.mfu``).
+* Breakdown (``breakdown=True``): one profiled step after the timed ones, its self time bucketed by op type
+  (``mixerzoo.bench.breakdown``).
 * Memory: CUDA ``max_memory_allocated`` around one step; on CPU the peak RSS of a child process over one
   step (Linux ``/proc/self/clear_refs`` resets the high-water mark after a warm-up step), minus the
   child's RSS before the model was built (so: weights + activations + workspace).
@@ -32,6 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from mixerzoo.bench import mfu as _mfu
 from mixerzoo.kernels import _flops
 
 __all__ = [
@@ -300,6 +305,10 @@ class BenchConfig:
     yardstick: str | None = YARDSTICK
     timeout_s: float = 600.0  # per child process (CPU memory)
     clock: str = "wall"  # "wall" (perf_counter) or "cpu" (process CPU time / threads: robust on a shared CPU)
+    autocast: bool = False  # inference in bf16/fp16: autocast over fp32 weights instead of casting the model
+    mfu: bool = False  # time a same-dtype GEMM alternately and report MFU
+    gemm_size: int | None = None  # side of the reference GEMM (None: mfu.default_gemm_size)
+    breakdown: bool = False  # profile one step and bucket its self time by op type
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -321,6 +330,13 @@ class BenchConfig:
             raise ValueError(f"clock must be 'wall' or 'cpu', got clock={self.clock!r}")
         if self.clock == "cpu" and torch.device(self.device).type != "cpu":
             raise ValueError(f"clock='cpu' only makes sense on device='cpu', got device={self.device!r}")
+        if self.gemm_size is not None and self.gemm_size < 1:
+            raise ValueError(f"gemm_size must be >= 1, got gemm_size={self.gemm_size}")
+
+    @property
+    def gemm_n(self) -> int:
+        """Side of the reference GEMM for this device and dtype."""
+        return self.gemm_size or _mfu.default_gemm_size(self.device, DTYPES[self.dtype])
 
     @property
     def mode(self) -> str:
@@ -353,7 +369,15 @@ class BenchResult:
     top1_source: str = ""
     status: str = "ok"
     error: str = ""
+    autocast: bool = False
+    gflops_per_s: float | None = None  # achieved: forward FLOPs/image x img/s (x3 for train)
+    gemm_gflops_per_s: float | None = None  # the reference GEMM, median of the samples alternating with this row
+    gemm_size: int | None = None
+    mfu: float | None = None  # gflops_per_s / gemm_gflops_per_s
+    breakdown: dict[str, float] | None = None  # share of profiled self time per op bucket
+    breakdown_top: list[list[Any]] = dataclasses.field(default_factory=list)  # [op, bucket, share], largest first
     times_ms: list[float] = dataclasses.field(default_factory=list)
+    gemm_times_ms: list[float] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -379,6 +403,10 @@ class _Step:
             self.x = torch.randn(cfg.batch, 3, img_size, img_size, device=self.device)
             self.target = torch.randint(0, 1000, (cfg.batch,), device=self.device)
             self.opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        elif cfg.autocast:
+            model.eval()
+            self.autocast_dtype = dtype if dtype != torch.float32 else None
+            self.x = torch.randn(cfg.batch, 3, img_size, img_size, device=self.device)
         else:
             model.eval().to(dtype)
             self.x = torch.randn(cfg.batch, 3, img_size, img_size, device=self.device, dtype=dtype)
@@ -387,17 +415,17 @@ class _Step:
         # CPU seconds are summed over threads: divide by the thread count to compare with wall time
         self.clock_div = max(1, torch.get_num_threads()) if cfg.clock == "cpu" else 1
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def __call__(self) -> None:
         if not self.train:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 self.model(self.x)
             return
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with self._autocast():
             out = self.model(self.x)
             out = out[0] if isinstance(out, (tuple, list)) else out
             loss = torch.nn.functional.cross_entropy(out.float(), self.target % out.shape[-1])
@@ -538,23 +566,53 @@ def _official(name: str) -> tuple[float | None, str]:
     return entry.top1, entry.source
 
 
+def _set_mfu(res: BenchResult, cfg: BenchConfig, flops_per_image: int | None, gemm_times: Sequence[float]) -> None:
+    """Fill the row's achieved GFLOP/s, the GEMM's GFLOP/s (median of ``gemm_times``) and the MFU."""
+    if not cfg.mfu or not gemm_times:
+        return
+    n = cfg.gemm_n
+    gemm = _mfu.median_gemm_flops_per_s(n, gemm_times)
+    res.gemm_size, res.gemm_gflops_per_s = n, gemm / 1e9
+    res.gemm_times_ms = [t * 1e3 for t in gemm_times]
+    if flops_per_image and res.throughput:
+        res.gflops_per_s = _mfu.achieved_flops_per_s(flops_per_image, res.throughput, train=cfg.train) / 1e9
+        res.mfu = _mfu.mfu(flops_per_image, res.throughput, gemm, train=cfg.train)
+
+
+def _set_breakdown(res: BenchResult, step: Callable[[], Any], device: torch.device) -> None:
+    from mixerzoo.bench.breakdown import op_breakdown  # noqa: PLC0415
+
+    bd = op_breakdown(step, device=device)
+    res.breakdown = {k: round(v, 6) for k, v in bd.shares.items()}
+    res.breakdown_top = [[n, b, round(share, 6)] for n, b, share in bd.top]
+
+
+def _new_row(name: str, cfg: BenchConfig, img: int, family: str = "") -> BenchResult:
+    return BenchResult(
+        model=name, family=family, mode=cfg.mode, device=str(torch.device(cfg.device)), dtype=cfg.dtype,
+        compiled=cfg.compile, clock=cfg.clock, batch=cfg.batch, img_size=img, threads=torch.get_num_threads(),
+        autocast=cfg.autocast and cfg.dtype != "float32" and not cfg.train,
+    )  # fmt: skip
+
+
 def _measure_one(
-    name: str, cfg: BenchConfig, yard: _Step | None, yard_times: list[float]
+    name: str, cfg: BenchConfig, yard: _Step | None, yard_times: list[float],
+    gemm: _mfu.GemmStep | None = None, gemm_times: list[float] | None = None,
 ) -> BenchResult:
     device = torch.device(cfg.device)
     img = cfg.img_size or default_img_size(name)
-    res = BenchResult(
-        model=name, mode=cfg.mode, device=str(device), dtype=cfg.dtype, compiled=cfg.compile, clock=cfg.clock,
-        batch=cfg.batch, img_size=img, threads=torch.get_num_threads(),
-    )  # fmt: skip
+    res = _new_row(name, cfg, img)
+    flops = None
     try:
         res.family = _family(name)
         res.top1, res.top1_source = _official(name)
         prof = profile_model(name, img)
         res.params_m, res.gmacs = prof.params_m, prof.gmacs
+        flops = prof.flops
     except Exception as err:  # noqa: BLE001 - the row reports it, the run goes on
         res.status, res.error = _describe(err)
         return res
+    row_gemm: list[float] = []
     step = None
     try:
         with _cuda_peak(device) as peak:
@@ -570,10 +628,18 @@ def _measure_one(
             times.append(step.timed(cfg.iters))
             if yard is not None:
                 yard_times.append(yard.timed(cfg.iters))
+            if gemm is not None:
+                row_gemm.append(gemm.timed(cfg.iters))
         med = statistics.median(times)
         res.times_ms = [t * 1e3 for t in times]
         res.latency_ms = med * 1e3
         res.throughput = cfg.batch / med
+        _set_mfu(res, cfg, flops, row_gemm)
+        if cfg.breakdown:
+            try:
+                _set_breakdown(res, step, device)
+            except Exception as err:  # noqa: BLE001 - the timing stands; the row says why
+                res.error = f"breakdown failed: {_describe(err)[1]}"
     except BaseException as err:  # noqa: BLE001 - includes torch.OutOfMemoryError; KeyboardInterrupt re-raised
         if isinstance(err, KeyboardInterrupt):
             raise
@@ -581,6 +647,8 @@ def _measure_one(
     finally:
         del step
         _free(device)
+        if gemm_times is not None:
+            gemm_times.extend(row_gemm)
     if res.status == "ok" and cfg.memory and device.type == "cpu":
         mem = _memory_in_child(name, cfg, img)
         if "peak_mem_mb" in mem:
@@ -619,16 +687,20 @@ def bench_models(
         yard: _Step | None = None
         yard_row: BenchResult | None = None
         yard_times: list[float] = []
+        yard_flops: int | None = None
+        gemm: _mfu.GemmStep | None = None
+        gemm_times: list[float] = []
+        if cfg.mfu:
+            gemm = _mfu.GemmStep(cfg.gemm_n, device, DTYPES[cfg.dtype], clock=cfg.clock)
+            for _ in range(cfg.warmup):
+                gemm()
         if cfg.yardstick:
             yard_img = cfg.img_size or default_img_size(cfg.yardstick)
-            yard_row = BenchResult(
-                model=cfg.yardstick, family="timm", mode=cfg.mode, device=str(device), dtype=cfg.dtype,
-                compiled=cfg.compile, clock=cfg.clock, batch=cfg.batch, img_size=yard_img,
-                threads=torch.get_num_threads(),
-            )  # fmt: skip
+            yard_row = _new_row(cfg.yardstick, cfg, yard_img, family="timm")
             try:
                 prof = profile_model(cfg.yardstick, yard_img)
                 yard_row.params_m, yard_row.gmacs = prof.params_m, prof.gmacs
+                yard_flops = prof.flops
                 with _cuda_peak(device) as peak:
                     yard = _Step(cfg.yardstick, cfg, yard_img)
                     for _ in range(cfg.warmup):
@@ -644,20 +716,29 @@ def bench_models(
         bar = tqdm(list(names), desc=f"bench {cfg.mode}", unit="model", disable=progress is False, leave=False)
         for name in bar:
             bar.set_postfix_str(name)
-            row = _measure_one(name, cfg, yard, yard_times)
+            row = _measure_one(name, cfg, yard, yard_times, gemm, gemm_times)
             rows.append(row)
             if on_result is not None:
                 on_result(row)
         bar.close()
         if yard_row is not None:
-            if yard is not None and not yard_times:  # no model ran: time the yardstick alone
-                yard_times = [yard.timed(cfg.iters) for _ in range(cfg.runs)]
+            if yard is not None and not yard_times:  # no model ran: time the yardstick alone (with the GEMM)
+                for _ in range(cfg.runs):
+                    yard_times.append(yard.timed(cfg.iters))
+                    if gemm is not None:
+                        gemm_times.append(gemm.timed(cfg.iters))
             if yard_times:
                 med = statistics.median(yard_times)
                 yard_row.latency_ms, yard_row.throughput = med * 1e3, cfg.batch / med
                 yard_row.times_ms = [t * 1e3 for t in yard_times]
                 yard_row.ratio = 1.0
-            del yard
+                _set_mfu(yard_row, cfg, yard_flops, gemm_times)
+                if cfg.breakdown and yard is not None:
+                    try:
+                        _set_breakdown(yard_row, yard, device)
+                    except Exception as err:  # noqa: BLE001 - the timing stands; the row says why
+                        yard_row.error = f"breakdown failed: {_describe(err)[1]}"
+            del yard, gemm
             _free(device)
             if yard_row.status == "ok" and cfg.memory and device.type == "cpu":
                 mem = _memory_in_child(cfg.yardstick, cfg, yard_row.img_size)

@@ -20,8 +20,10 @@ from mixerzoo.bench.measure import BenchConfig, BenchResult, Profile
 __all__ = [
     "README_END",
     "README_START",
+    "cpu_model",
     "environment",
     "format_table",
+    "machine_description",
     "model_table",
     "plot_results",
     "read_results",
@@ -39,20 +41,39 @@ def _f(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
 def format_table(rows: Sequence[BenchResult]) -> str:
-    """A fixed-width text table of bench rows (failed rows show their status and message)."""
+    """A fixed-width text table of bench rows (failed rows show their status and message). With MFU rows:
+    achieved GFLOP/s, the GEMM's GFLOP/s and the MFU; with breakdowns: the op-type shares (percent)."""
+    from mixerzoo.bench.breakdown import format_breakdown  # noqa: PLC0415
+
     header = ["model", "params(M)", "GMACs", "img", "batch", "ms/step", "img/s", "× yard", "peak MiB", "top-1"]
+    has_mfu = any(r.gemm_gflops_per_s is not None for r in rows)
+    has_bd = any(r.breakdown for r in rows)
+    if has_mfu:
+        header += ["GFLOP/s", "GEMM GFLOP/s", "MFU"]
+    if has_bd:
+        header.append("self time % by op type")
     header.append("status")
     body = []
     for r in rows:
         status = r.status if not r.error else f"{r.status}: {r.error}"
-        body.append([
+        cells = [
             r.model, _f(r.params_m, ".2f"), _f(r.gmacs, ".3f"), str(r.img_size), str(r.batch),
             _f(r.latency_ms, ".1f"), _f(r.throughput, ".1f"), _f(r.ratio, ".3f"), _f(r.peak_mem_mb, ".0f"),
-            _f(r.top1, ".1f"), status[:90],
-        ])  # fmt: skip
+            _f(r.top1, ".1f"),
+        ]  # fmt: skip
+        if has_mfu:
+            cells += [_f(r.gflops_per_s, ".1f"), _f(r.gemm_gflops_per_s, ".1f"), _pct(r.mfu)]
+        if has_bd:
+            cells.append(format_breakdown(r.breakdown))
+        cells.append(status[:90])
+        body.append(cells)
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
-    right = {1, 2, 3, 4, 5, 6, 7, 8, 9}
+    right = set(range(1, 10)) | ({10, 11, 12} if has_mfu else set())
 
     def line(cells: Sequence[str]) -> str:
         padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -63,6 +84,26 @@ def format_table(rows: Sequence[BenchResult]) -> str:
     return "\n".join(out)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s first ``model name``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: str = "cpu") -> str:
+    """``AMD EPYC, 2 threads`` (CPU: model name and ``torch.get_num_threads()``), or the GPU's name."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(dev)} (host: {cpu_model()})"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
 def environment(cfg: BenchConfig | None = None) -> dict[str, Any]:
     """Where and how a run happened (stored with the results)."""
     env: dict[str, Any] = {
@@ -71,6 +112,7 @@ def environment(cfg: BenchConfig | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -87,16 +129,28 @@ def environment(cfg: BenchConfig | None = None) -> dict[str, Any]:
     return env
 
 
-_CSV_FIELDS = [f.name for f in dataclasses.fields(BenchResult) if f.name != "times_ms"]
+_CSV_SKIP = ("times_ms", "gemm_times_ms", "breakdown", "breakdown_top")
+_CSV_FIELDS = [f.name for f in dataclasses.fields(BenchResult) if f.name not in _CSV_SKIP]
+
+
+def _csv_fields(rows: Sequence[BenchResult]) -> list[str]:
+    from mixerzoo.bench.breakdown import BUCKETS  # noqa: PLC0415
+
+    extra = [f"share_{b}" for b in BUCKETS] if any(r.breakdown for r in rows) else []
+    return _CSV_FIELDS + extra
 
 
 def write_csv(rows: Sequence[BenchResult], path: str | os.PathLike[str]) -> Path:
+    """One row per result; a breakdown becomes ``share_<bucket>`` columns."""
     path = Path(path)
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=_csv_fields(rows), extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow(r.to_dict())
+            d = r.to_dict()
+            for b, share in (r.breakdown or {}).items():
+                d[f"share_{b}"] = share
+            w.writerow(d)
     return path
 
 
@@ -191,6 +245,7 @@ def write_outputs(
         dev = re.sub(r"[^A-Za-z0-9]+", "", cfg.device)
         stem = f"bench-{cfg.mode}-{dev}-{cfg.dtype}-b{cfg.batch}" + (f"-{cfg.img_size}" if cfg.img_size else "")
         stem += "-compiled" if cfg.compile else ""
+        stem += "-autocast" if cfg.autocast and cfg.dtype != "float32" and not cfg.train else ""
     files = [write_csv(rows, out_dir / f"{stem}.csv"), write_json(rows, out_dir / f"{stem}.json", environment(cfg))]
     if plots:
         files.extend(plot_results(rows, out_dir, stem))
