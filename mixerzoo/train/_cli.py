@@ -131,6 +131,9 @@ def run_command(args: argparse.Namespace) -> int:
                       f"{recipe.model} on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
                       f"loss {res['loss']:.4f}  ({res['count']} images, {res['seconds']:.1f}s)")
             return 0
+        from .rundir import precheck
+
+        precheck(recipe)  # a run or a live lock in --output: refuse before torch, data and model are loaded
         from .loop import fit
 
         result = fit(recipe, mode=args.command)
