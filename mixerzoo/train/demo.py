@@ -41,7 +41,8 @@ def run_demo(output: str | Path = "runs/demo", *, quiet: bool = False, **overrid
     from .loop import evaluate, fit
 
     t0 = time.perf_counter()
-    recipe = build_recipe({**DEMO_RECIPE, "output": str(output), "quiet": quiet, **overrides})
+    # the demo owns its output folder: a re-run replaces the previous demo run (only the run's own files)
+    recipe = build_recipe({**DEMO_RECIPE, "output": str(output), "quiet": quiet, "overwrite": True, **overrides})
     result = fit(recipe)
     if result.model_dir is None:
         raise RecipeError("demo: the model was not saved (save_model is off)")
