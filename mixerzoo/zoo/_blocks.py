@@ -20,6 +20,7 @@ __all__ = [
     "FusedMlp",
     "Mlp",
     "PatchEmbedNHWC",
+    "eager_only",
     "fused_cpu_inference",
     "fused_mlp_residual",
     "inference_chunk_size",
@@ -136,16 +137,33 @@ def stage_dpr(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]
     return out
 
 
+def eager_only(x: Any) -> bool:
+    """True where hand-written fast paths (fused oneDNN ops, custom autograd functions, in-place tiling, batch
+    chunking) must step aside for the plain ops: ``torch.fx`` proxies, TorchScript scripting and tracing,
+    ``torch.compile``/``torch.export``, and autocast on ``x``'s device (autocast only casts the plain ops; a
+    fused path would mix bf16 activations with fp32 weights)."""
+    if not isinstance(x, Tensor) or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    if torch.compiler.is_compiling():
+        return True
+    return _autocast_on(x.device.type)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta, ...)
+        return False
+
+
 # ---- shared by the NHWC families (LITv2, FLatten-Swin, FLatten-PVT)
 _ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def fused_cpu_inference(x: Tensor, module: nn.Module) -> bool:
     """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
-    CPU fp32 inference (no grad needed), outside scripting/compilation."""
-    if not _ONEDNN_FUSED or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+    CPU fp32 inference (no grad needed), outside scripting/tracing/compilation/autocast (:func:`eager_only`)."""
+    if not _ONEDNN_FUSED or eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
 
@@ -185,9 +203,7 @@ _MLP_MIN_TILE = 256  # rows: smaller tiles make the weight-gradient GEMMs ineffi
 def _cpu_mlp_train(x: Tensor, mlp: FusedMlp) -> bool:
     """True where :class:`_CpuMlpFunction` replaces the eager MLP: CPU fp32 with autograd, exact GELU, no
     active dropout, no autocast, outside tracing/scripting/compilation."""
-    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2 or torch.is_autocast_enabled("cpu"):
+    if eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
         return False
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in mlp.parameters())):
         return False
@@ -276,9 +292,7 @@ def inference_chunk_size(x: Tensor, image_bytes: int, module: nn.Module) -> int 
     (token-wise and per-image ops only), so outputs are unchanged. Only for CPU without autograd, outside
     tracing, scripting and compilation.
     """
-    if isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return None
-    if x.device.type != "cpu" or x.dim() == 0:
+    if eager_only(x) or x.device.type != "cpu" or x.dim() == 0:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         return None
@@ -301,11 +315,9 @@ def fused_mlp_residual(x: Tensor, norm: nn.Module, mlp: FusedMlp, block: nn.Modu
     caller owns (e.g. the result of the previous residual add); ``block``'s parameters decide whether
     autograd is needed. Applies only with no dropout/drop-path active and no autocast.
     """
-    if isinstance(x, torch.fx.Proxy) or not (isinstance(norm, nn.LayerNorm) and isinstance(mlp, FusedMlp)):
-        return None  # fx tracing records the eager path
-    if not x.is_contiguous() or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-        return None
-    if torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if eager_only(x) or not (isinstance(norm, nn.LayerNorm) and isinstance(mlp, FusedMlp)):
+        return None  # fx / TorchScript / compile / autocast record or run the eager path
+    if not x.is_contiguous() or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
         return None

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import (
     DropPath,
+    eager_only,
     factory,
     init_weights,
     make_mixer,
@@ -140,10 +141,9 @@ class _NormMlpFunction(torch.autograd.Function):
 
 
 def _norm_mlp(x: Tensor, norm: nn.LayerNorm, mlp: Mlp) -> Tensor:
-    """``mlp(norm(x))``; with autograd on (eager), through :class:`_NormMlpFunction` to save memory."""
+    """``mlp(norm(x))``; with autograd on (eager, no autocast), through :class:`_NormMlpFunction` to save memory."""
     plain = (
-        not isinstance(x, Tensor)  # torch.fx proxy
-        or torch.compiler.is_compiling()
+        eager_only(x)  # torch.fx proxy, TorchScript, compile/export, autocast (casts only the plain ops)
         or not torch.is_grad_enabled()
         or type(mlp) is not Mlp
         or not isinstance(mlp.act, nn.GELU)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import (
     DropPath,
+    eager_only,
     factory,
     init_weights,
     make_mixer,
@@ -135,8 +136,8 @@ class LITBlock(nn.Module):
         self.mlp = DWMlp(dim, int(dim * mlp_ratio), drop)
 
     def _chunked_inference(self, x: Tensor) -> bool:
-        if isinstance(x, torch.fx.Proxy) or self.training or torch.is_autocast_enabled("cpu"):
-            return False  # fx records the eager path; dropout / drop-path / autocast run eagerly
+        if self.training or eager_only(x):
+            return False  # fx/TorchScript/compile record the eager path; dropout / drop-path / autocast run eagerly
         return x.is_contiguous() and _fused_inference(x, self)
 
     def forward(self, x: Tensor) -> Tensor:
