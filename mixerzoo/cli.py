@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SUBPACKAGE_CLIS = ("mixerzoo.train._cli", "mixerzoo.hub._cli", "mixerzoo.bench._cli")
+_SUBPACKAGE_CLIS = ("mixerzoo.train._cli", "mixerzoo.hub._cli", "mixerzoo.bench._cli", "mixerzoo.timm_script")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
