@@ -6,14 +6,16 @@ mixer name and whose *object* is the mixer class::
     [project.entry-points."mixerzoo.mixers"]
     swin_window = "acme_mixers.swin:WindowMixer"
 
-Discovery is lazy (first call that needs it) and cached; :func:`refresh_mixers` forgets the cache.
+Discovery is lazy and per name: asking for a mixer imports only the entry points that can answer to that
+name (a built-in name imports only the built-in), so a third-party plugin is imported when a model uses it, or
+when :func:`list_mixers` / :func:`errors` list everything. Results are cached; :func:`refresh_mixers` forgets them.
 Each mixer answers to its bare name and to ``<distribution>.<name>``. Built-in mixers (distribution
 ``mixerzoo``) are never overridden: a plugin that declares a built-in name is reachable only by its
 qualified name. Two plugins declaring one bare name make that bare name ambiguous (an error that lists
 both), while both qualified names keep working.
 
-A plugin that fails to import, or breaks the contract (wrong ``layout``/``kind``, another
-``contract_version``), is skipped with a ``RuntimeWarning`` naming the distribution and the error and
+A plugin that fails to import (any exception, ``SystemExit`` included; not ``KeyboardInterrupt``), or
+breaks the contract (wrong ``layout``/``kind``, another ``contract_version``), is skipped with a ``RuntimeWarning`` naming the distribution and the error and
 recorded in :func:`errors`; asking for its mixer re-raises with the original error attached. With
 ``MIXERZOO_PLUGINS_STRICT=1`` such faults raise at discovery instead.
 """
@@ -129,89 +131,141 @@ def _norm_dist(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
+_Entry = tuple[str, str, str, Callable[[], Any]]  # (distribution, mixer name, target, loader)
+
+
+def _qualified(dist: str, name: str) -> str:
+    return name if name.startswith(f"{dist}.") else f"{dist}.{name}"
+
+
 class _Registry:
+    """Entry points are listed once (metadata only, nothing imported) and loaded per name on first use.
+
+    Asking for a built-in name imports only that built-in: built-ins own their bare names, so no third-party plugin
+    can change what they resolve to, and a plugin that is broken, exits or hangs on import cannot affect a model
+    made of built-in mixers. A plugin name loads the entry points declaring that name; an unknown name, and
+    :meth:`names` / :meth:`errors`, load everything.
+    """
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._discovered = False
-        self._specs: dict[str, list[MixerSpec]] = {}  # bare name -> providers
+        self._entries: list[_Entry] | None = None  # listed entry points, built-ins first
+        self._attempted: set[tuple[str, str]] = set()  # (dist, name) entries already loaded or failed
+        self._discovered = False  # every entry point attempted
+        self._specs: dict[str, list[MixerSpec]] = {}  # bare name -> providers (a built-in first)
         self._qualified: dict[str, MixerSpec] = {}
         self._broken: dict[str, PluginError] = {}  # bare and qualified names -> error
         self._errors: list[PluginError] = []
         self._in_process: dict[str, MixerSpec] = {}
 
     # -- discovery -------------------------------------------------------------------------
-    def _entry_points(self) -> list[tuple[str, str, str, Callable[[], Any]]]:
-        found: list[tuple[str, str, str, Callable[[], Any]]] = []
+    def _entry_points(self) -> list[_Entry]:
+        if self._entries is not None:
+            return self._entries
+        found: list[_Entry] = []
         have_builtin = False
+        seen: set[tuple[str, str]] = set()
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             dist = _norm_dist(ep.dist.name) if ep.dist is not None else "unknown"
             have_builtin |= dist == BUILTIN_DIST
+            if (dist, ep.name) in seen:  # the same distribution seen twice on sys.path
+                continue
+            seen.add((dist, ep.name))
             found.append((dist, ep.name, ep.value, ep.load))
         if not have_builtin:
             for name, target in _BUILTIN_FALLBACK.items():
                 found.append((BUILTIN_DIST, name, target, _loader(target)))
         # built-ins first so that they own their bare names
         found.sort(key=lambda item: item[0] != BUILTIN_DIST)
+        self._entries = found
         return found
 
-    def _discover(self) -> None:
-        if self._discovered:
-            return
+    def _load(self, entries: list[_Entry]) -> None:
         strict = os.environ.get("MIXERZOO_PLUGINS_STRICT", "0") == "1"
-        seen_targets: set[tuple[str, str]] = set()
-        for dist, name, target, load in self._entry_points():
-            if (dist, name) in seen_targets:  # the same distribution seen twice on sys.path
+        for dist, name, target, load in entries:
+            if (dist, name) in self._attempted:
                 continue
-            seen_targets.add((dist, name))
+            self._attempted.add((dist, name))
             try:
                 obj = load()
                 check_mixer_class(obj)
                 if not issubclass(obj, nn.Module):
                     raise TypeError(f"{target} is not an nn.Module subclass")
-            except Exception as err:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:  # noqa: BLE001 - SystemExit from a plugin's import is a plugin failure too
                 perr = PluginError(dist, name, target, err)
                 self._errors.append(perr)
                 self._broken.setdefault(name, perr)
-                self._broken[MixerSpec(name, dist, object).qualified_name] = perr
+                self._broken[_qualified(dist, name)] = perr
                 if strict:
                     raise MixerLoadError(f"{perr} (MIXERZOO_PLUGINS_STRICT=1)") from err
-                warnings.warn(f"mixerzoo: skipping plugin {perr}", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"mixerzoo: skipping plugin {perr}", RuntimeWarning, stacklevel=5)
                 continue
             self._add(MixerSpec(name, dist, obj, target))
-        for spec in self._in_process.values():
-            self._add(spec)
+
+    def _discover(self) -> None:
+        """Load every entry point (listing, :func:`errors`, unknown names)."""
+        if self._discovered:
+            return
+        self._load(self._entry_points())
         self._discovered = True
+
+    def _discover_name(self, name: str) -> None:
+        """Load only what can answer to ``name``: its built-in if there is one, else the entry points declaring it
+        (bare or qualified)."""
+        if self._discovered:
+            return
+        entries = self._entry_points()
+        builtin = [e for e in entries if e[0] == BUILTIN_DIST and e[1] == name]
+        if builtin:
+            self._load(builtin)
+            return
+        self._load([e for e in entries if e[1] == name or _qualified(e[0], e[1]) == name])
 
     def _add(self, spec: MixerSpec) -> None:
         providers = self._specs.setdefault(spec.name, [])
-        if providers and providers[0].builtin and not spec.builtin:
+        if spec.builtin:
+            providers.insert(0, spec)
+        else:
+            providers.append(spec)
+        self._qualified[spec.qualified_name] = spec
+        if providers[0].builtin and len(providers) > 1:
+            plugin = spec if not spec.builtin else providers[1]
             msg = (
-                f"mixerzoo: plugin distribution {spec.dist!r} declares mixer {spec.name!r}, a built-in name; "
-                f"the built-in keeps the bare name, the plugin's is reachable as {spec.qualified_name!r}"
+                f"mixerzoo: plugin distribution {plugin.dist!r} declares mixer {plugin.name!r}, a built-in name; "
+                f"the built-in keeps the bare name, the plugin's is reachable as {plugin.qualified_name!r}"
             )
             if os.environ.get("MIXERZOO_PLUGINS_STRICT", "0") == "1":
                 raise UnknownMixerError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=5)
-        providers.append(spec)
-        self._qualified[spec.qualified_name] = spec
 
     # -- queries ---------------------------------------------------------------------------
+    def _resolve(self, name: str) -> MixerSpec | None:
+        if name in self._qualified:
+            return self._qualified[name]
+        providers = self._specs.get(name, [])
+        if providers:
+            if providers[0].builtin or len(providers) == 1:
+                return providers[0]
+            names = ", ".join(f"{p.qualified_name!r} (distribution {p.dist!r})" for p in providers)
+            raise UnknownMixerError(f"mixer name {name!r} is ambiguous: provided by {names}; use a qualified name")
+        if name in self._broken:
+            perr = self._broken[name]
+            raise MixerLoadError(f"cannot create {perr}") from perr.error
+        return None
+
     def get(self, name: str) -> MixerSpec:
         with self._lock:
-            self._discover()
-            if name in self._qualified:
-                return self._qualified[name]
-            providers = self._specs.get(name, [])
-            if providers:
-                if providers[0].builtin or len(providers) == 1:
-                    return providers[0]
-                names = ", ".join(f"{p.qualified_name!r} (distribution {p.dist!r})" for p in providers)
-                raise UnknownMixerError(
-                    f"mixer name {name!r} is ambiguous: provided by {names}; use a qualified name"
-                )
-            if name in self._broken:
-                perr = self._broken[name]
-                raise MixerLoadError(f"cannot create {perr}") from perr.error
+            if name not in self._qualified:
+                self._discover_name(name)
+            spec = self._resolve(name)
+            if spec is not None:
+                return spec
+            self._discover()  # unknown here: load everything for the suggestions (and late qualified spellings)
+            spec = self._resolve(name)
+            if spec is not None:
+                return spec
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownMixerError(
@@ -238,15 +292,19 @@ class _Registry:
     def refresh(self) -> None:
         with self._lock:
             importlib.invalidate_caches()
+            self._entries = None
+            self._attempted.clear()
             self._discovered = False
             self._specs.clear()
             self._qualified.clear()
             self._broken.clear()
             self._errors.clear()
+            for spec in self._in_process.values():  # no import involved
+                self._add(spec)
 
     def register(self, spec: MixerSpec, *, override: bool) -> None:
         with self._lock:
-            self._discover()
+            self._discover_name(spec.name)
             existing = self._specs.get(spec.name, [])
             if any(p.builtin for p in existing):
                 raise ValueError(f"mixer name {spec.name!r} is a built-in mixer and can never be overridden")

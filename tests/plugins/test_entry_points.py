@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import textwrap
 import tomllib
@@ -71,13 +73,14 @@ def fake_dists(tmp_path: Path) -> Iterator[Path]:
     _dist(tmp_path, "beta-mixers", "beta_mixers", GOOD, {"dup": "beta_mixers:ChannelMix"})
     _dist(tmp_path, "broken-mixers", "broken_mixers", "raise ImportError('missing CUDA extension _bogus')\n", {"broken": "broken_mixers:Nope"})
     _dist(tmp_path, "future-mixers", "future_mixers", OLD_CONTRACT, {"future": "future_mixers:Future"})
+    _dist(tmp_path, "exit-mixers", "exit_mixers", "import sys\nsys.exit(3)\n", {"quitter": "exit_mixers:Nope"})
     sys.path.insert(0, str(tmp_path))
     plugins.refresh_mixers()
     try:
         yield tmp_path
     finally:
         sys.path.remove(str(tmp_path))
-        for mod in ("acme_mixers", "beta_mixers", "broken_mixers", "future_mixers"):
+        for mod in ("acme_mixers", "beta_mixers", "broken_mixers", "future_mixers", "exit_mixers"):
             sys.modules.pop(mod, None)
         plugins.refresh_mixers()
 
@@ -196,3 +199,44 @@ def test_builtins_are_declared_as_entry_points_and_fallback_matches() -> None:
 
     ours = {ep.name: ep.value for ep in md.entry_points(group="mixerzoo.mixers") if re.sub(r"[-_.]+", "_", ep.dist.name).lower() == "mixerzoo"}
     assert ours == table, "reinstall the package (pip install -e .) after editing the entry points"
+
+
+def test_plugin_calling_sys_exit_on_import_is_a_failed_plugin(fake_dists: Path) -> None:
+    caught = _discover()  # before: SystemExit(3) ended the process
+    assert any("exit_mixers" in str(w.message) and "SystemExit" in str(w.message) for w in caught)
+    errs = {e.name: e for e in plugins.errors()}
+    assert errs["quitter"].dist == "exit_mixers" and isinstance(errs["quitter"].error, SystemExit)
+    with pytest.raises(plugins.MixerLoadError, match="exit_mixers") as info:
+        plugins.create_mixer("quitter", 8)
+    assert isinstance(info.value.__cause__, SystemExit)
+    assert "channel_mix" in plugins.list_mixers()
+
+
+def test_builtin_models_import_no_third_party_plugin(fake_dists: Path) -> None:
+    plugins.refresh_mixers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a broken plugin loaded on the way would warn
+        model = mixerzoo.create_model("test_poolformer", mixers=["pooling", "attention", "pooling", "attention"])
+        assert plugins.mixer_spec("attention").builtin
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    loaded = {"acme_mixers", "beta_mixers", "broken_mixers", "future_mixers", "exit_mixers"} & set(sys.modules)
+    assert not loaded
+    # a plugin name imports only what declares it; a listing still discovers everything
+    assert plugins.mixer_spec("channel_mix").dist == "acme_mixers"
+    assert "beta_mixers" not in sys.modules and "broken_mixers" not in sys.modules
+    _discover()
+    assert {"beta_mixers", "future_mixers"} <= set(sys.modules)
+    assert {"channel_mix", "acme_mixers.attention"} <= set(plugins.list_mixers(qualified=True))
+    assert {e.dist for e in plugins.errors()} >= {"broken_mixers", "exit_mixers", "future_mixers"}
+
+
+def test_plugin_that_hangs_on_import_cannot_hang_a_builtin_model(tmp_path: Path) -> None:
+    _dist(tmp_path, "sleepy-mixers", "sleepy_mixers", "import time\ntime.sleep(3600)\n", {"sleepy": "sleepy_mixers:X"})
+    code = (
+        "import torch, mixerzoo\n"
+        "m = mixerzoo.create_model('test_poolformer', mixers='attention')\n"
+        "print('OK', tuple(m(torch.randn(1, 3, 64, 64)).shape))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "OK (1, 1000)" in out.stdout, out.stderr[-2000:]
