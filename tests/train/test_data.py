@@ -110,3 +110,122 @@ def test_without_verification_a_bad_file_is_substituted_once(tmp_path):
     with pytest.warns(UnreadableImageWarning, match="substituting the next image"):
         items = [ds[i] for i in range(len(ds))]
     assert ds.failures == 1 and all(x.shape == (3, 16, 16) for x, _ in items)
+
+
+# ----------------------------------------------------------------------------------------------- wds: (stdlib tar)
+
+
+def _png(value: int, size: int = 8) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_shards(folder, n_shards: int = 4, per_shard: int = 6, n_classes: int = 3, start: int = 0) -> list[str]:
+    """WebDataset shards written with the stdlib: ``<key>.png`` + ``<key>.cls``; pixel value = sample id."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names, k = [], start
+    for s in range(n_shards):
+        name = folder / f"shard-{s:03d}.tar"
+        with tarfile.open(name, "w") as tf:
+            for _ in range(per_shard):
+                for ext, data in (("png", _png(k)), ("cls", str(k % n_classes).encode())):
+                    info = tarfile.TarInfo(f"sample{k:05d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                k += 1
+        names.append(str(name))
+    return names
+
+
+def _ids(loader) -> list[list[int]]:
+    return [x[:, 0, 0, 0].tolist() for x, _ in loader]
+
+
+def test_braceexpand_and_spec_errors(tmp_path):
+    from mixerzoo.train.data import braceexpand
+
+    assert braceexpand("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
+    assert braceexpand("{a,b}/x{8..10}") == ["a/x8", "a/x9", "a/x10", "b/x8", "b/x9", "b/x10"]
+    with pytest.raises(RecipeError, match=r"shard '.*shard-001.tar' does not exist \(2 of 2 missing\)"):
+        open_sources(f"wds:{tmp_path}/shard-{{001..002}}.tar")
+    write_shards(tmp_path, n_shards=1)
+    with pytest.raises(RecipeError, match=r"unknown or empty option 'size=3' \(options: image=\.\.\., label="):
+        open_sources(f"wds:{tmp_path}/shard-000.tar?size=3")
+    with pytest.raises(RecipeError, match="option n must be an integer >= 1, got 'x'"):
+        open_sources(f"wds:{tmp_path}/shard-000.tar?n=x")
+    with pytest.raises(RecipeError, match=r"remote shards need the sample count and classes: add \?n="):
+        open_sources("wds:https://example.invalid/shard-{000..009}.tar")
+    with pytest.raises(RecipeError, match="give val_data"):  # one shard cannot hold out a validation shard
+        open_sources(f"wds:{tmp_path}/shard-000.tar")
+
+
+def test_wds_sources_count_split_and_info_json(tmp_path):
+    write_shards(tmp_path / "s")
+    train, val = open_sources(f"wds:{tmp_path}/s/shard-{{000..003}}.tar", val_split=0.25)
+    assert (len(train), len(val), train.classes) == (18, 6, ["0", "1", "2"])
+    assert train.shards[-1].endswith("shard-002.tar") and val.shards == [f"{tmp_path}/s/shard-003.tar"]
+    # timm's _info.json gives the counts without reading the shards; n= and classes= override
+    info = {"num_classes": 5, "splits": {"train": {"name": "train", "num_samples": 24, "filenames":
+            [f"shard-{i:03d}.tar" for i in range(4)], "shard_lengths": [6, 6, 6, 6]}}}
+    (tmp_path / "s" / "_info.json").write_text(json.dumps(info))
+    train, val = open_sources(f"wds/{tmp_path}/s", val_split=0.5)  # timm's wds/ spelling, a folder of shards
+    assert (len(train), len(val), len(train.classes)) == (12, 12, 5)
+    train, val = open_sources(f"wds:{tmp_path}/s/shard-{{000..001}}.tar?n=10&classes=cat,dog,eel",
+                              f"wds:{tmp_path}/s/shard-003.tar?classes=3")
+    assert (len(train), train.classes, len(val), val.classes) == (10, ["cat", "dog", "eel"], 6, ["cat", "dog", "eel"])
+
+
+def test_wds_stream_splits_ranks_and_workers_and_resumes(tmp_path):
+    write_shards(tmp_path, n_shards=4, per_shard=6)
+    train, val = open_sources(f"wds:{tmp_path}/shard-{{000..003}}.tar", f"wds:{tmp_path}/shard-{{000..003}}.tar")
+    ds = ImageDataset(train, None)
+    # one process: one epoch reads every sample once, in a seeded order that changes with the epoch
+    one = _ids(build_loader(ds, batch_size=4, train=True, seed=1, epoch=0))
+    assert len(one) == 6 and sorted(sum(one, [])) == list(range(24))
+    assert one == _ids(build_loader(ds, batch_size=4, train=True, seed=1, epoch=0))
+    assert one != _ids(build_loader(ds, batch_size=4, train=True, seed=1, epoch=1))
+    # 2 ranks x 2 workers: every rank takes the same number of steps, on disjoint shards
+    ranks = [_ids(build_loader(ds, batch_size=2, train=True, seed=1, epoch=0, rank=r, world=2, workers=2))
+             for r in range(2)]
+    assert [len(r) for r in ranks] == [6, 6]
+    assert sorted(sum(ranks[0] + ranks[1], [])) == list(range(24))
+    # resuming after 3 batches continues with exactly the batches an uninterrupted epoch would have seen
+    full = _ids(build_loader(ds, batch_size=2, train=True, seed=1, epoch=0, workers=2))
+    tail = _ids(build_loader(ds, batch_size=2, train=True, seed=1, epoch=0, workers=2, skip_batches=3))
+    assert len(full) == 12 and tail == full[3:]
+    # evaluation: every sample exactly once over ranks and workers, in shard order
+    vds = ImageDataset(val, None)
+    seen = [_ids(build_loader(vds, batch_size=4, train=False, rank=r, world=2, workers=2)) for r in range(2)]
+    assert sorted(sum(sum(seen, []), [])) == list(range(24))
+
+
+def test_wds_bad_samples_are_skipped_with_one_warning(tmp_path):
+    import io
+    import tarfile
+
+    names = write_shards(tmp_path, n_shards=2, per_shard=4)
+    with tarfile.open(names[1], "a") as tf:
+        for name, data in (("bad.png", b"not a png"), ("bad.cls", b"1"), ("lonely.png", _png(1))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    train, _ = open_sources(f"wds:{tmp_path}/shard-{{000..001}}.tar", f"wds:{tmp_path}/shard-000.tar")
+    assert len(train) == 9  # 'lonely' has no label; 'bad' is counted (its image is not decoded by the scan)
+    with pytest.warns(UnreadableImageWarning, match="could not decode sample bad"):
+        ids = _ids(build_loader(ImageDataset(train, None), batch_size=9, train=False))
+    assert sorted(sum(ids, [])) == list(range(8))
+
+
+def test_wds_pipe_shards_stream_with_n_and_classes(tmp_path):
+    names = write_shards(tmp_path, n_shards=2, per_shard=3)
+    spec = "wds:" + "::".join(f"pipe:cat {n}" for n in names) + "?n=6&classes=3&shuffle=0"
+    train, val = open_sources(spec, spec)
+    assert (len(train), train.classes) == (6, ["0", "1", "2"])
+    ids = _ids(build_loader(ImageDataset(val, None), batch_size=4, train=False))
+    assert ids == [[0, 1, 2, 3], [4, 5]]
