@@ -33,6 +33,7 @@ from .data import ImageDataset, build_loader, build_transform, open_sources, res
 from .finetune import check_model_name, prepare_model
 from .optim import create_criterion, create_mixup, create_optimizer, create_scheduler
 from .recipe import Recipe, RecipeError
+from .syncbn import convert_sync_batchnorm, has_batchnorm
 
 __all__ = ["TrainResult", "evaluate", "evaluate_recipe", "fit", "plot_history"]
 
@@ -314,6 +315,8 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
         raise RecipeError(f"batch_size={recipe.batch_size} is larger than the {len(train_src)} training images")
 
     model = prepare_model(recipe, num_classes=len(classes), mode=mode, device=d.device)
+    if d.world > 1 and recipe.sync_bn and has_batchnorm(model):
+        model = convert_sync_batchnorm(model, d.device)  # before the optimizer and EMA: N processes train like one
     data_cfg = resolve_data_config(model, recipe)
     channels_last = recipe.channels_last and d.device.type == "cuda"
     if channels_last:
@@ -322,6 +325,9 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
                             in_chans=recipe.in_chans)
     val_ds = ImageDataset(val_src, build_transform(data_cfg, recipe, train=False), in_chans=recipe.in_chans)
     local_bs = recipe.batch_size // d.world
+    if local_bs % recipe.grad_accum_steps:
+        raise RecipeError(f"grad_accum_steps={recipe.grad_accum_steps} does not divide the per-process batch "
+                          f"{local_bs} (batch_size={recipe.batch_size} over {d.world} processes)")
     spe = steps_per_epoch(len(train_ds), recipe.batch_size, d.world)
 
     optimizer = create_optimizer(model, recipe)
@@ -395,6 +401,7 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
         train_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     log = _JsonlLog(out / "metrics.jsonl" if d.main else None)
     params = [p for p in model.parameters() if p.requires_grad]
+    accum = recipe.grad_accum_steps
     pin = d.device.type == "cuda"
     show = d.main and not recipe.quiet
 
@@ -433,15 +440,22 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
                 x = x.contiguous(memory_format=torch.channels_last)
             if mixup is not None:
                 x, y = mixup(x, y)
-            with amp():
-                output = train_model(x)
-                loss = criterion(output.float(), y)
-            if not torch.isfinite(loss):
-                lr_now = optimizer.param_groups[-1]["lr"]
-                raise RecipeError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1} (lr={lr_now:.3g}); "
-                                  "try a lower --lr or --clip-grad")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_v = 0.0
+            # micro-batches of equal size: the mean of their mean losses is the batch's mean loss, so the summed
+            # gradients of loss / accum are the full batch's; DDP all-reduces only after the last one
+            for i, (xc, yc) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+                sync = train_model.no_sync() if d.world > 1 and i < accum - 1 else nullcontext()
+                with sync:
+                    with amp():
+                        output = train_model(xc)
+                        loss = criterion(output.float(), yc)
+                    if not torch.isfinite(loss):
+                        lr_now = optimizer.param_groups[-1]["lr"]
+                        raise RecipeError(f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1} "
+                                          f"(lr={lr_now:.3g}); try a lower --lr or --clip-grad")
+                    (loss / accum if accum > 1 else loss).backward()
+                loss_v += loss.item() / accum
             if recipe.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad)
             optimizer.step()
@@ -449,7 +463,6 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
             scheduler.step_update(num_updates=state["global_step"])
             if ema is not None:
                 ema.update(model, step=state["global_step"])
-            loss_v = loss.item()
             state["loss_sum"] += loss_v
             state["loss_count"] += 1
             n_img += x.shape[0] * d.world

@@ -66,7 +66,9 @@ class Recipe:
     img_size: int | None = _f(None, "input resolution (default: the model's pretrained cfg)")
     crop_pct: float | None = _f(None, "eval centre-crop fraction (default: the model's pretrained cfg)")
     interpolation: str | None = _f(None, "resize interpolation: bicubic, bilinear, nearest, area (default: model cfg)")
-    batch_size: int = _f(128, "global batch size (split across processes)")
+    batch_size: int = _f(128, "global batch size per optimizer step (split across processes and accumulation steps)")
+    grad_accum_steps: int = _f(1, "split each process's batch into N micro-batches: N backward passes, one optimizer "
+                                  "step (same batch and result, less memory)")
     workers: int = _f(2, "DataLoader worker processes per process")
     scale: tuple[float, float] = _f((0.08, 1.0), "random-resized-crop area range", nargs=2)
     ratio: tuple[float, float] = _f((0.75, 4.0 / 3.0), "random-resized-crop aspect range", nargs=2)
@@ -97,6 +99,7 @@ class Recipe:
     clip_grad: float | None = _f(None, "clip the gradient norm to this value")
     ema: bool = _f(False, "keep an exponential moving average of the weights (timm ModelEmaV3); exported if on")
     ema_decay: float = _f(0.9998, "EMA decay")
+    sync_bn: bool = _f(True, "under DDP, BatchNorm statistics over the global batch (SyncBatchNorm, CPU and CUDA)")
     amp: str = _f("auto", "autocast: 'bf16', 'none' or 'auto' (bf16 on CUDA, off on CPU)")
     channels_last: bool = _f(True, "use the channels_last memory format (CUDA only)")
     seed: int = _f(0, "seed; data order is a function of (seed, epoch)")
@@ -128,6 +131,9 @@ class Recipe:
                 rng.check(name, v, shown=value)
             if value[0] > value[1]:
                 raise RecipeError(f"{name} must be (LO, HI) with LO <= HI, got {tuple(value)!r}")
+        if self.batch_size % self.grad_accum_steps:
+            raise RecipeError(f"batch_size={self.batch_size} is not divisible by grad_accum_steps="
+                              f"{self.grad_accum_steps}")
         if self.aug not in ("rand", "none"):
             raise RecipeError(f"aug must be 'rand' or 'none', got {self.aug!r}")
         if self.amp not in ("auto", "bf16", "none"):
@@ -218,6 +224,7 @@ RANGES: dict[str, Range] = {
     "img_size": _int(1, 8192),
     "crop_pct": Range(0.0, 1.0, lo_open=True),
     "batch_size": _int(1, 1 << 20),
+    "grad_accum_steps": _int(1, 4096),
     "workers": _int(0, 512),
     "hflip": _prob(),
     "aug_ops": _int(0, 12, "the 'rand' policy has 12 ops"),

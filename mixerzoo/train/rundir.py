@@ -33,7 +33,8 @@ RUN_FILES = ("recipe.json", "metrics.jsonl", "curves.png", "checkpoints", "model
 _MODEL_FILES = ("model.safetensors", "config.json", "README.md", "plots/curves.png")
 # Recipe keys a resumed run may change: they do not change what is computed (where, how fast, how it is logged).
 RUNTIME_KEYS = frozenset({"resume", "overwrite", "output", "quiet", "workers", "device", "amp", "channels_last",
-                          "ckpt_every", "keep_ckpts", "log_every", "save_model", "verify_images"})
+                          "grad_accum_steps", "ckpt_every", "keep_ckpts", "log_every", "save_model",
+                          "verify_images"})
 
 
 def _pid_alive(pid: int) -> bool:
