@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="models or patterns ('timm:<name>' for timm; default: one per family)")  # fmt: skip
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="default: all three")
-    p.add_argument("--rounds", type=int, default=None, help="timed runs per mode, alternating with the GEMM (default 5)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="timed runs per mode, alternating with the GEMM (default 5)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per mode (default 2)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
     p.add_argument("--img-size", type=int, default=None, help="square input size (default 224)")
@@ -82,8 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print markdown (the README's performance section)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the raw rows as JSON")
     p.add_argument("--in-process", action="store_true", help="run every model in this interpreter")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: batch 2, 96², GEMM 256, 1 round, 1 warm-up, in-process (explicit flags win)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: batch 2, 96², GEMM 256, 1 round, 1 warm-up, in-process (explicit flags win)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -177,13 +182,18 @@ def _speedup(result: dict[str, Any]) -> float | None:
 
 def _table(lines: list[list[str]], header: list[str], markdown: bool, right: set[int]) -> list[str]:
     if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
+        out = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
+        ]
         out.extend("| " + " | ".join(cells) + " |" for cells in lines)
         return out
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)]
 
     def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(c) for c in lines)]
 
@@ -218,7 +228,9 @@ def render(results: Sequence[dict[str, Any]], s: Settings, *, markdown: bool, co
             cells.append(_mark(text, value is not None and not ref and value < GOALS[m], markdown))
         if len(header) > 2 + len(modes):
             sp = _speedup(res)
-            cells.append(_mark("–" if sp is None else f"{sp:.2f}×", sp is not None and not ref and sp < SPEEDUP_GOAL, markdown))
+            cells.append(
+                _mark("–" if sp is None else f"{sp:.2f}×", sp is not None and not ref and sp < SPEEDUP_GOAL, markdown)
+            )
         lines.append(cells)
     out: list[str] = []
     title = "MFU: achieved FLOP/s as a share of a same-dtype GEMM timed in the same run"
@@ -226,7 +238,7 @@ def render(results: Sequence[dict[str, Any]], s: Settings, *, markdown: bool, co
     out += _table(lines, header, markdown, right=set(range(1, len(header))))
     out.append("")
     if s.breakdown:
-        bheader = ["model", "mode", "MFU", *(SHORT[b] for b in BUCKETS), "largest op outside the GEMMs"]
+        bheader = ["model", "mode", "MFU", *(SHORT[b] for b in BUCKETS), "largest op outside gemm (bucket, share)"]
         blines = []
         for res in results:
             for m in modes:
@@ -252,24 +264,30 @@ def render(results: Sequence[dict[str, Any]], s: Settings, *, markdown: bool, co
         if row.get("status") != "ok" or (row.get("error") and "breakdown" in row.get("error", ""))
     ] + [f"{res['model']}: {res['error']}" for res in results if res.get("error")]  # fmt: skip
     rates = []
-    for m, dt in (("fp32", "fp32"), ("bf16", "bf16"), ("train", "fp32 (train run)")):
+    for m, dt in (("fp32", "fp32"), ("bf16", "bf16"), ("train", "fp32 (train runs)")):
         if m in modes and (g := _gemm_rates(results, m)) is not None:
             rates.append(f"{dt} {g:.0f} GFLOP/s")
-    n = s.gemm_size or "default"
+    sizes = sorted({r["gemm_size"] for res in results for m in modes if (r := _row_of(res, m)) and r.get("gemm_size")})
+    n = "/".join(f"{x}³" for x in sizes) or "–"
+    goal = (
+        f"below the goal (fp32 {GOALS['fp32']:.0%}, bf16 {GOALS['bf16']:.0%} and {SPEEDUP_GOAL}× fp32, "
+        f"train {GOALS['train']:.0%})."
+    )
+    plural = {"rounds": "s" if s.rounds != 1 else "", "warmup": "s" if s.warmup != 1 else ""}
     notes = [
         f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Machine: {machine}.",
-        f"Batch {s.batch}, {s.img_size}², {s.threads} threads, {s.device}; median of {s.rounds} timed "
-        f"run{'s' if s.rounds != 1 else ''} per mode alternating model and GEMM, after {s.warmup} warm-up "
-        f"step{'s' if s.warmup != 1 else ''}.",
-        f"Reference GEMM ({n}³ `torch.mm`, median over the models' runs): " + (", ".join(rates) or "–") + ".",
-        "MFU = GMACs × 2 × img/s (× 3 for the train step: forward + backward) / the GEMM's FLOP/s; bf16 = "
-        "`torch.autocast` over fp32 weights vs a bf16 GEMM. "
-        + (f"Bold: below the goal (fp32 {GOALS['fp32']:.0%}, bf16 {GOALS['bf16']:.0%} and {SPEEDUP_GOAL}× fp32, "
-           f"train {GOALS['train']:.0%})." if markdown else
-           f"*: below the goal (fp32 {GOALS['fp32']:.0%}, bf16 {GOALS['bf16']:.0%} and {SPEEDUP_GOAL}× fp32, "
-           f"train {GOALS['train']:.0%})."),
+        (
+            f"Batch {s.batch}, {s.img_size}², {s.threads} threads, {s.device}; median of {s.rounds} timed "
+            f"run{plural['rounds']} per mode alternating model and GEMM, after {s.warmup} warm-up "
+            f"step{plural['warmup']}."
+        ),
+        f"Reference GEMM ({n} `torch.mm`; median over all models' runs): " + (", ".join(rates) or "–") + ".",
+        (
+            "MFU = GMACs × 2 × img/s (× 3 for the train step: forward + backward) / the GEMM's FLOP/s; bf16 = "
+            "`torch.autocast` over fp32 weights vs a bf16 GEMM. " + ("Bold: " if markdown else "*: ") + goal
+        ),
         f"Command: `{command}`" if markdown else f"Command: {command}",
-    ]  # fmt: skip
+    ]
     if errors:
         notes.append("Errors: " + "; ".join(errors))
     out += [f"<sub>{x}</sub><br>" for x in notes] if markdown else notes

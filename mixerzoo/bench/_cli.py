@@ -43,7 +43,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time (default) or process CPU time / threads (steadier on a shared CPU)")  # fmt: skip
     p.add_argument("--autocast", action="store_true",
-                   help="inference in bfloat16/float16 under torch.autocast over fp32 weights (default: cast the model)")
+                   help="bfloat16/float16 inference under torch.autocast over fp32 weights (default: cast the model)")
     p.add_argument("--mfu", action="store_true",
                    help="add MFU: achieved FLOP/s (GMACs x 2 x img/s, x3 for --train) over a same-dtype square GEMM "
                    "timed alternately with each model")

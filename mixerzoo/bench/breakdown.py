@@ -84,7 +84,7 @@ _ELEMENTWISE = frozenset({
     "softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax", "dropout", "native_dropout",
     "bernoulli", "feature_dropout", "floor", "ceil", "round", "trunc", "frac", "fmod", "remainder", "cos", "sin",
     "atan2", "sinh", "cosh", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
-    "bitwise_and", "bitwise_or", "bitwise_not", "isnan", "isinf", "nan_to_num", "lt", "elu_backward", "glu",
+    "bitwise_and", "bitwise_or", "bitwise_not", "isnan", "isinf", "nan_to_num", "elu_backward", "glu",
     "threshold_backward", "gelu_backward", "silu_backward", "sigmoid_backward", "tanh_backward",
     "hardswish_backward", "hardsigmoid_backward", "leaky_relu_backward", "_softmax_backward_data",
     "_log_softmax_backward_data", "native_dropout_backward", "softplus_backward", "mish_backward", "mul_scalar",
@@ -115,12 +115,12 @@ def _base_name(name: str) -> str:
 def classify_op(name: str) -> str | None:
     """The bucket of one profiler event by its name, or ``None`` when the name says nothing (the event
     takes its parent's bucket)."""
-    if name.startswith(KERNEL_RANGE_PREFIX) or name.startswith(("mixerzoo::", "mixerzoo_flops::")):
+    if name.startswith((KERNEL_RANGE_PREFIX, "mixerzoo::", "mixerzoo_flops::")):
         return "attention"
     low = name.lower()
     if "scaled_dot_product" in low or "flash_attention" in low or "efficient_attention" in low:
         return "attention"
-    if name.startswith("autograd::engine::") or name.endswith("Backward0") or name.endswith("Backward1"):
+    if name.startswith("autograd::engine::") or name.endswith(("Backward0", "Backward1")):
         return None
     if any(w in low for w in _NORM_WORDS):
         return "norm"
@@ -247,9 +247,12 @@ def bucket_events(events: Sequence[Any], *, cuda: bool = False, top: int = 8) ->
             return "attention"
         for n in chain:
             seq = getattr(n, "sequence_nr", -1)
-            if n.name.startswith("autograd::engine::evaluate_function") and seq >= 0:
-                if (getattr(n, "fwd_thread", 0), seq) in attention_seq:
-                    return "attention"
+            if (
+                n.name.startswith("autograd::engine::evaluate_function")
+                and seq >= 0
+                and (getattr(n, "fwd_thread", 0), seq) in attention_seq
+            ):
+                return "attention"
         for n in chain:
             b = own(n)
             if b is not None:
@@ -282,7 +285,9 @@ def bucket_events(events: Sequence[Any], *, cuda: bool = False, top: int = 8) ->
     return per_bucket, total, tops
 
 
-def op_breakdown(step: Callable[[], Any], *, device: str | torch.device = "cpu", steps: int = 1, top: int = 8) -> Breakdown:
+def op_breakdown(
+    step: Callable[[], Any], *, device: str | torch.device = "cpu", steps: int = 1, top: int = 8
+) -> Breakdown:
     """Profile ``steps`` calls of ``step`` (already warmed up) and bucket the ops' self time.
 
     Public kernel ops run inside ``mixerzoo.kernels.<op>`` ranges (:func:`kernel_ranges`), so their

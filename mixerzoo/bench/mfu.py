@@ -68,9 +68,7 @@ def achieved_flops_per_s(forward_flops_per_image: float, images_per_s: float, *,
     return float(forward_flops_per_image) * factor * float(images_per_s)
 
 
-def mfu(
-    forward_flops_per_image: float, images_per_s: float, gemm_flops_per_s_: float, *, train: bool = False
-) -> float:
+def mfu(forward_flops_per_image: float, images_per_s: float, gemm_flops_per_s_: float, *, train: bool = False) -> float:
     """Achieved FLOP/s over the reference GEMM's FLOP/s (a fraction: 0.75 = 75%)."""
     if gemm_flops_per_s_ <= 0:
         raise ValueError(f"gemm_flops_per_s must be > 0, got gemm_flops_per_s={gemm_flops_per_s_}")

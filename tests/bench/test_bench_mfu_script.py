@@ -34,7 +34,7 @@ def test_quick_run_prints_the_tables(script: ModuleType, tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "| model | GMACs | fp32 infer | bf16-autocast infer | fp32 train step | bf16 / fp32 speed |" in out
     assert "| `test_poolformer` |" in out
-    assert "#### Where the time goes" in out and "largest op outside the GEMMs" in out
+    assert "#### Where the time goes" in out and "largest op outside gemm" in out
     assert "Machine: " in out and " threads" in out and "Date: " in out
     assert "bench_mfu.py --quick --models test_poolformer --img-size 32 --markdown --json" in out
     data = json.loads(js.read_text())
@@ -60,7 +60,7 @@ def _row(mfu: float, throughput: float, bd: dict[str, float] | None = None) -> d
     top = [["aten::mm", "gemm", 0.5], ["aten::copy_", "copy", 0.3]]
     return {
         "status": "ok", "mfu": mfu, "throughput": throughput, "gmacs": 1.0, "gemm_gflops_per_s": 100.0,
-        "breakdown": bd, "breakdown_top": top,
+        "gemm_size": 2048, "breakdown": bd, "breakdown_top": top,
     }  # fmt: skip
 
 
@@ -76,6 +76,7 @@ def test_render_marks_missed_goals(script: ModuleType) -> None:
     assert "| resnet50 (timm, reference) | 1.00 | 50% | 30% | 50% | 1.20× |".replace("resnet50", "`resnet50`") in md
     assert "| `nat_mini` | 1.00 | 80% | **30%** | 70% | **1.50×** |" in md  # bf16 below 45% and below 1.8x
     assert "| `nat_mini` | fp32 infer | 80% | 50 | 10 | 5 | 30 | 5 | 0 | `aten::copy_` (copy, 30%) |" in md
+    assert "Reference GEMM (2048³ `torch.mm`; median over all models' runs): fp32 100 GFLOP/s, bf16 100" in md
     assert "Machine: CPU X, 2 threads" in md and "Command: `python benchmarks/bench_mfu.py`" in md
     text = script.render(results, s, markdown=False, command="cmd", machine="m")
     assert "30%*" in text and "**" not in text

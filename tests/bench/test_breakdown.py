@@ -35,7 +35,9 @@ def test_classify_op(name: str, bucket: str | None) -> None:
     assert B.classify_op(name) == bucket
 
 
-def _ev(name: str, t: float, parent: SimpleNamespace | None = None, seq: int = -1, fwd_thread: int = 0) -> SimpleNamespace:
+def _ev(
+    name: str, t: float, parent: SimpleNamespace | None = None, seq: int = -1, fwd_thread: int = 0
+) -> SimpleNamespace:
     return SimpleNamespace(
         name=name, self_cpu_time_total=t, cpu_parent=parent, sequence_nr=seq, thread=1, fwd_thread=fwd_thread
     )

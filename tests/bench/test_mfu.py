@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixerzoo.bench import mfu as M
 from mixerzoo.bench import measure
+from mixerzoo.bench import mfu as M
 from mixerzoo.bench._cli import main
 from mixerzoo.bench.measure import BenchConfig, bench_models, profile_model
 
-TINY = dict(batch=2, img_size=32, warmup=1, runs=3, threads=1, memory=False, yardstick=None)
+TINY = {"batch": 2, "img_size": 32, "warmup": 1, "runs": 3, "threads": 1, "memory": False, "yardstick": None}
 
 
 def test_mfu_maths() -> None:
