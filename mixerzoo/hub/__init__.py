@@ -4,6 +4,9 @@
 - :func:`prepare_kwargs` is what ``mixerzoo.create_model`` runs before ``timm.create_model``: :func:`preflight` for
   ``hf-hub:`` / ``local-dir:`` names (``requires``, architecture, ``model_args``, safetensors present and intact),
   :func:`resolve_pretrained_file` for registry names with ``pretrained=True``.
+- Untrusted configs are built on the meta device first: size limits (``MIXERZOO_MAX_PARAMS``,
+  ``MIXERZOO_MAX_ACTIVATIONS``, :class:`ModelTooLargeError`) and every shape against the safetensors header before any
+  tensor is allocated; the ``sha256`` that save_pretrained records in config.json is verified on load.
 - :func:`convert_checkpoint` turns an official checkpoint into a hub folder (``mixerzoo convert``); its module holds
   the only ``torch.load`` in mixerzoo (``weights_only=True``).
 """
@@ -22,6 +25,7 @@ from mixerzoo.hub._config import (
     read_config,
     validate_model_args,
 )
+from mixerzoo.hub._safety import ModelTooLargeError, size_limits
 from mixerzoo.hub.convert import ConvertError, ConvertResult, convert_checkpoint
 from mixerzoo.hub.download import (
     Preflight,
@@ -44,6 +48,7 @@ __all__ = [
     "HubError",
     "InvalidConfigError",
     "MissingMixerError",
+    "ModelTooLargeError",
     "Preflight",
     "UnknownArchitectureError",
     "UnsafeCheckpointError",
@@ -58,6 +63,7 @@ __all__ = [
     "read_config",
     "resolve_pretrained_file",
     "save_pretrained",
+    "size_limits",
     "url_download",
     "validate_model_args",
     "verify_safetensors",

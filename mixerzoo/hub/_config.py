@@ -35,6 +35,7 @@ __all__ = [
     "check_config",
     "check_requires",
     "read_config",
+    "recorded_sha256",
     "validate_model_args",
 ]
 
@@ -42,6 +43,8 @@ _logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# mixerzoo's entry in config.json recording the sha256 of each weights file: {"model.safetensors": "<hex>"}
+SHA256_KEY = "sha256"
 README_NAME = "README.md"
 # Weight files that are pickles: never read by mixerzoo.hub (torch.load happens only in `mixerzoo convert`).
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".pkl", ".pickle")
@@ -307,6 +310,21 @@ def validate_model_args(
         except TypeError as e:
             raise InvalidConfigError(f"{source}: model_args rejected by {cls.__name__} ({architecture}): {e}") from e
     return dict(model_args)
+
+
+def recorded_sha256(config: Mapping[str, Any], filename: str, *, source: str = "config.json") -> str | None:
+    """The sha256 that config.json records for ``filename`` (written by save_pretrained), or None for older folders."""
+    table = config.get(SHA256_KEY)
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise InvalidConfigError(f"{source}: {SHA256_KEY!r} must map file names to sha256 hex digests, got {table!r}")
+    digest = table.get(filename)
+    if digest is None:
+        return None
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise InvalidConfigError(f"{source}: {SHA256_KEY}[{filename!r}]={digest!r} is not a sha256 hex digest")
+    return digest.lower()
 
 
 def _check_pretrained_cfg(pcfg: Mapping[str, Any], where: str) -> None:

@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixerzoo.hub import _io, _safety
 from mixerzoo.hub._config import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
@@ -28,6 +30,7 @@ from mixerzoo.hub._config import (
     UnsafeCheckpointError,
     check_config,
     read_config,
+    recorded_sha256,
 )
 
 __all__ = [
@@ -152,6 +155,11 @@ def verify_safetensors(
         return CorruptCheckpointError(f"{where}: {shown} is corrupted ({reason}); {hint}")
 
     try:
+        st_mode = path.stat().st_mode
+        if not stat.S_ISREG(st_mode):  # a FIFO would block open(); a directory cannot be read
+            from mixerzoo.hub._safety import _kind
+
+            raise fail(f"it is {_kind(st_mode)}, not a safetensors file")
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
@@ -249,6 +257,7 @@ def _preflight_hub(
     force_download: bool,
     token: str | bool | None,
     overrides: Mapping[str, Any],
+    limits: Mapping[str, Any],
 ) -> Preflight:
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
@@ -261,8 +270,9 @@ def _preflight_hub(
     except RemoteEntryNotFoundError as e:
         raise HubError(f"{source} has no {CONFIG_NAME}; it is not a timm/mixerzoo model repo") from e
     config = read_config(cfg_path, source=source)
-    arch, _ = check_config(config, source=source, overrides=overrides)
+    arch, model_args = check_config(config, source=source, overrides=overrides)
     weights = None
+    header = None
     if pretrained:
         pcfg = config.get("pretrained_cfg", config)
         filename = pcfg.get("hf_hub_filename") or WEIGHTS_NAME
@@ -283,37 +293,58 @@ def _preflight_hub(
                 f"{source}: {filename} is not in the local cache and downloads are disabled (HF_HUB_OFFLINE=1 or "
                 f"local_files_only); go online once to cache it"
             ) from e
-        verify_safetensors(
-            weights,
-            expected=expected_blob_hash(weights),
-            what=source,
-            redownload_hint=_hub_redownload_hint(repo_id, revision, filename),
-        )
+        hint = _hub_redownload_hint(repo_id, revision, filename)
+        blob = expected_blob_hash(weights)
+        header = verify_safetensors(weights, expected=blob, what=source, redownload_hint=hint)
+        recorded = recorded_sha256(config, filename, source=source)
+        if recorded is not None:
+            if blob is not None and blob[0] == "sha256":
+                if blob[1] != recorded:
+                    raise CorruptCheckpointError(
+                        f"{source}: {filename} has sha256 {blob[1]} but config.json records {recorded}; the repo's "
+                        "weights are not the ones its config was written for"
+                    )
+            else:
+                _io.verify_sha256(weights, recorded, what=source, hint=hint)
+    _safety.check_model_size_and_shapes(
+        arch, config, model_args, where=source, header=header, weights=weights, **limits
+    )
     commit = cfg_path.parent.name if cfg_path.parent.parent.name == "snapshots" else None
     return Preflight("hf-hub", repo_id, revision, arch, config, cfg_path, weights, commit)
 
 
-def _preflight_dir(folder: str, *, pretrained: bool, overrides: Mapping[str, Any]) -> Preflight:
+def _preflight_dir(
+    folder: str, *, pretrained: bool, overrides: Mapping[str, Any], limits: Mapping[str, Any]
+) -> Preflight:
     path = Path(folder)
     source = f"local-dir:{folder}"
     if not path.is_dir():
         raise NotADirectoryError(f"{source}: {folder!r} is not a directory")
     cfg_path = path / CONFIG_NAME
-    if not cfg_path.is_file():
+    # file kinds from lstat/stat only: a FIFO is named, never opened; symlinks must stay inside the folder
+    if not _safety.check_file_kind(cfg_path, path, source):
         raise FileNotFoundError(f"{source}: {cfg_path} does not exist; write the folder with save_pretrained")
     config = read_config(cfg_path, source=source)
-    arch, _ = check_config(config, source=source, overrides=overrides)
+    arch, model_args = check_config(config, source=source, overrides=overrides)
     weights = None
+    header = None
     if pretrained:
         weights = path / WEIGHTS_NAME
-        if not weights.is_file():
+        if not _safety.check_file_kind(weights, path, source):
             pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
             found = f" it only has pickle weights {pickles}, and" if pickles else ""
             raise UnsafeCheckpointError(
                 f"{source} has no {WEIGHTS_NAME};{found} mixerzoo loads safetensors only. Convert a trusted pickle "
                 "checkpoint with `mixerzoo convert ARCH CHECKPOINT OUTDIR`"
             )
-        verify_safetensors(weights, what=source, redownload_hint="write the folder again with save_pretrained")
+        hint = "write the folder again with save_pretrained"
+        header = verify_safetensors(weights, what=source, redownload_hint=hint)
+        recorded = recorded_sha256(config, WEIGHTS_NAME, source=source)
+        if recorded is not None:
+            _io.verify_sha256(weights, recorded, what=source, hint=hint)
+    _safety.check_model_size_and_shapes(
+        arch, config, model_args, where=source, header=header, weights=weights, **limits
+    )
     return Preflight("local-dir", str(path), None, arch, config, cfg_path, weights)
 
 
@@ -341,6 +372,8 @@ def preflight(
     cache_dir: str | os.PathLike[str] | None = None,
     force_download: bool = False,
     token: str | bool | None = None,
+    max_params: float | None = None,
+    max_activations: float | None = None,
     **kwargs: Any,
 ) -> Preflight | None:
     """Check an ``hf-hub:`` / ``local-dir:`` model before ``timm.create_model`` builds it.
@@ -353,10 +386,20 @@ def preflight(
     verifies it (:class:`CorruptCheckpointError` names the file and how to re-download). timm then loads the same
     cached files. ``kwargs`` are the caller's model kwargs; stored model_args they override are not checked.
 
+    Then the config's model is built on the meta device (no memory): above ``max_params`` parameters+buffers or
+    ``max_activations`` activation elements per image (defaults: ``MIXERZOO_MAX_PARAMS`` /
+    ``MIXERZOO_MAX_ACTIVATIONS``, else 1e9 / 1e9) it is refused with :class:`mixerzoo.hub.ModelTooLargeError`, and
+    every state-dict shape must equal the safetensors header's (a ``num_classes`` that disagrees with the head
+    weights is an :class:`InvalidConfigError`). A ``sha256`` recorded in config.json is verified.
+
     Returns ``None`` for registry names (nothing to check), else a :class:`Preflight`.
-    ``force_download`` and ``token`` are consumed here; do not pass them on to timm.
+    ``force_download``, ``token``, ``max_params`` and ``max_activations`` are consumed here; do not pass them on
+    to timm.
     """
     source, ident = parse_model_source(model_name)
+    limits = {"max_params": max_params, "max_activations": max_activations}
+    if source is not None:
+        _safety.size_limits(max_params, max_activations)  # bad limit values fail before any download
     if source == "hf-hub":
         return _preflight_hub(
             ident,
@@ -365,9 +408,10 @@ def preflight(
             force_download=force_download,
             token=token,
             overrides=kwargs,
+            limits=limits,
         )
     if source == "local-dir":
-        return _preflight_dir(ident, pretrained=pretrained, overrides=kwargs)
+        return _preflight_dir(ident, pretrained=pretrained, overrides=kwargs, limits=limits)
     return None
 
 
@@ -502,19 +546,27 @@ def resolve_pretrained_file(
 def prepare_kwargs(model_name: str, *, pretrained: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Everything mixerzoo does before ``timm.create_model(model_name, pretrained=pretrained, **returned)``.
 
-    Consumes ``force_download`` and ``token``. For ``hf-hub:``/``local-dir:`` names runs :func:`preflight`. For
+    Consumes ``force_download``, ``token``, ``max_params`` and ``max_activations`` (size limits for models described
+    by a hub config.json; see :func:`preflight`). For ``hf-hub:``/``local-dir:`` names runs :func:`preflight`. For
     registry names with ``pretrained=True`` fetches and verifies the weights (:func:`resolve_pretrained_file`) and
     points timm at the local safetensors file through ``pretrained_cfg_overlay={"file": ...}``, so timm's head/stem
     adaptation and the family's checkpoint filter still apply.
     """
     force_download = bool(kwargs.pop("force_download", False))
     token = kwargs.pop("token", None)
+    limits = {"max_params": kwargs.pop("max_params", None), "max_activations": kwargs.pop("max_activations", None)}
     cache_dir = kwargs.get("cache_dir")
     source, _ = parse_model_source(model_name)
     if source is not None:
         rest = {k: v for k, v in kwargs.items() if k != "cache_dir"}
         preflight(
-            model_name, pretrained=pretrained, cache_dir=cache_dir, force_download=force_download, token=token, **rest
+            model_name,
+            pretrained=pretrained,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            token=token,
+            **limits,
+            **rest,
         )
         return kwargs
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})

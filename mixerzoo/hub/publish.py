@@ -24,10 +24,12 @@ from mixerzoo.hub._config import (
     CONFIG_NAME,
     PICKLE_SUFFIXES,
     README_NAME,
+    SHA256_KEY,
     WEIGHTS_NAME,
     UnsafeCheckpointError,
     build_config,
     read_config,
+    recorded_sha256,
 )
 from mixerzoo.hub.card import REPO_ID_PLACEHOLDER, count_gmacs, count_params, render_model_card
 
@@ -130,10 +132,15 @@ def save_pretrained(
 
     metadata = {"format": "pt", "architecture": str(config["architecture"]), "library": "mixerzoo"}
 
+    digests: dict[str, str] = {}
+
     def write_weights(tmp: Path) -> None:
         safetensors.torch.save_file(_state_dict_for_safetensors(model), str(tmp), metadata=metadata)
+        digests[WEIGHTS_NAME] = _io.sha256_file(tmp)
 
     _io.write_with(save_dir / WEIGHTS_NAME, write_weights)
+    # verified on load (local-dir:, hf-hub:) and before publishing: a flipped bit is an error, not NaN
+    config[SHA256_KEY] = digests
 
     rel_plots = []
     for caption, src in plot_items:
@@ -176,6 +183,9 @@ def _check_folder(folder: Path) -> None:
     config = read_config(folder / CONFIG_NAME)
     if not config.get("architecture"):
         raise ValueError(f"model_or_dir={str(folder)!r}: {CONFIG_NAME} has no 'architecture'")
+    digest = recorded_sha256(config, WEIGHTS_NAME, source=str(folder / CONFIG_NAME))
+    if digest is not None:  # never publish a file damaged since it was written
+        _io.verify_sha256(folder / WEIGHTS_NAME, digest, what=f"model_or_dir={str(folder)!r}")
 
 
 def _stage(folder: Path, repo_id: str, tmp: Path) -> Path:
