@@ -166,6 +166,8 @@ def swin_window_attention(
     as large as the short side shrinks to it (no shift) and uses the centre block of the bias table; then
     :func:`padded_window_attention_qkv`."""
     H, W, heads = qkv.shape[1], qkv.shape[2], qkv.shape[4]
+    if torch.jit.is_tracing():  # sizes are traced tensors there; the window choice is static per input size
+        H, W, heads = int(H), int(W), int(heads)
     ws, shift = window_size, shift_size
     if min(H, W) <= ws:
         ws, shift = min(H, W), 0
