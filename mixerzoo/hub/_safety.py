@@ -36,7 +36,9 @@ __all__ = [
     "DEFAULT_MAX_PARAMS",
     "ModelTooLargeError",
     "check_file_kind",
+    "check_model_size",
     "check_model_size_and_shapes",
+    "check_shapes",
     "size_limits",
 ]
 
@@ -267,6 +269,93 @@ def _compare(
         )
 
 
+_META: dict[str, torch.nn.Module] = {}  # the last few meta builds (no memory behind them)
+
+
+def _meta_for(architecture: str, kwargs: Mapping[str, Any], where: str) -> torch.nn.Module:
+    key = json.dumps([architecture, kwargs], sort_keys=True, default=str)
+    model = _META.get(key)
+    if model is None:
+        model = _meta_build(architecture, kwargs, where)
+        while len(_META) >= 4:
+            _META.pop(next(iter(_META)))
+        _META[key] = model
+    return model
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_SHAPES_OK: set[str] = set()
+
+
+def check_model_size(
+    architecture: str,
+    config: Mapping[str, Any],
+    model_args: Mapping[str, Any],
+    *,
+    where: str,
+    max_params: Any = None,
+    max_activations: Any = None,
+) -> None:
+    """Build the config's model on the meta device and refuse it above the size limits (before any download of its
+    weights). Raises :class:`ModelTooLargeError`, saying how to raise the limit, or :class:`InvalidConfigError`."""
+    check_num_classes(config, model_args, where)
+    lim_p, lim_a = size_limits(max_params, max_activations)
+    explicit = max_params is not None or max_activations is not None
+    kwargs = _build_kwargs(config, model_args)
+    key = _key(architecture, config, kwargs)
+    done = _APPROVED.get(key)
+    if done is not None:
+        # checked before in this process; a limit the caller raised explicitly for it also covers the second check
+        # that timm's builder hook (guard_pretrained) runs without arguments within the same create_model call
+        if not done.explicit:
+            _check_limits(architecture, done.params, done.activations, lim_p, lim_a, where)
+        return
+    model = _meta_for(architecture, kwargs, where)
+    n = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    if n > lim_p:  # before the activation estimate: a huge model is refused without more work
+        _check_limits(architecture, n, 0, lim_p, lim_a, where)
+    acts = _activation_estimate(model, config, kwargs)
+    _check_limits(architecture, n, acts, lim_p, lim_a, where)
+    _APPROVED[key] = _Checked(n, acts, explicit)
+
+
+def check_shapes(
+    architecture: str,
+    config: Mapping[str, Any],
+    model_args: Mapping[str, Any],
+    *,
+    where: str,
+    header: Mapping[str, Any],
+    weights: Path,
+) -> None:
+    """Every state-dict shape of the config's (meta) model must equal the safetensors ``header``'s (after the family's
+    checkpoint filter when the names differ); a head whose class count differs from ``num_classes`` is named as such.
+    """
+    kwargs = _build_kwargs(config, model_args)
+    key = _key(architecture, config, kwargs, header, str(weights))
+    if key in _SHAPES_OK:
+        return
+    model = _meta_for(architecture, kwargs, where)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = _header_shapes(header)
+    if set(got) != set(expected):
+        got = _filtered_shapes(architecture, header, model) or got
+    pcfg = config.get("pretrained_cfg", config)
+    _compare(
+        expected,
+        got,
+        classifier=(pcfg.get("classifier") if isinstance(pcfg, Mapping) else None)
+        or getattr(model, "pretrained_cfg", {}).get("classifier"),
+        num_classes=kwargs.get("num_classes"),
+        weights=weights,
+        where=where,
+    )
+    _SHAPES_OK.add(key)
+
+
 def check_model_size_and_shapes(
     architecture: str,
     config: Mapping[str, Any],
@@ -278,47 +367,12 @@ def check_model_size_and_shapes(
     max_params: Any = None,
     max_activations: Any = None,
 ) -> None:
-    """Build the config's model on the meta device, refuse it above the size limits, and compare its state-dict
-    shapes with the safetensors ``header`` (when given) — all before a single real tensor exists.
-
-    Raises :class:`ModelTooLargeError` (saying how to raise the limit) or :class:`InvalidConfigError`.
-    """
-    check_num_classes(config, model_args, where)
-    lim_p, lim_a = size_limits(max_params, max_activations)
-    explicit = max_params is not None or max_activations is not None
-    kwargs = _build_kwargs(config, model_args)
-    key = hashlib.sha256(
-        json.dumps([architecture, config, kwargs, header, str(weights)], sort_keys=True, default=str).encode()
-    ).hexdigest()
-    done = _APPROVED.get(key)
-    if done is not None:
-        # checked before in this process; an explicit limit the caller raised for it holds for the rebuild that timm's
-        # builder hook (guard_pretrained) runs without arguments
-        if not done.explicit:
-            _check_limits(architecture, done.params, done.activations, lim_p, lim_a, where)
-        return
-    model = _meta_build(architecture, kwargs, where)
-    n = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
-    if n > lim_p:  # before the activation estimate: a huge model is refused without more work
-        _check_limits(architecture, n, 0, lim_p, lim_a, where)
-    acts = _activation_estimate(model, config, kwargs)
-    _check_limits(architecture, n, acts, lim_p, lim_a, where)
+    """:func:`check_model_size`, then :func:`check_shapes` when a header is given — before any real tensor exists."""
+    check_model_size(
+        architecture, config, model_args, where=where, max_params=max_params, max_activations=max_activations
+    )
     if header is not None and weights is not None:
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        got = _header_shapes(header)
-        if set(got) != set(expected):
-            got = _filtered_shapes(architecture, header, model) or got
-        pcfg = config.get("pretrained_cfg", config)
-        _compare(
-            expected,
-            got,
-            classifier=(pcfg.get("classifier") if isinstance(pcfg, Mapping) else None)
-            or getattr(model, "pretrained_cfg", {}).get("classifier"),
-            num_classes=kwargs.get("num_classes"),
-            weights=weights,
-            where=where,
-        )
-    _APPROVED[key] = _Checked(n, acts, explicit)
+        check_shapes(architecture, config, model_args, where=where, header=header, weights=weights)
 
 
 def _check_limits(architecture: str, n: int, acts: int, lim_p: int, lim_a: int, where: str) -> None:

@@ -271,8 +271,8 @@ def _preflight_hub(
         raise HubError(f"{source} has no {CONFIG_NAME}; it is not a timm/mixerzoo model repo") from e
     config = read_config(cfg_path, source=source)
     arch, model_args = check_config(config, source=source, overrides=overrides)
+    _safety.check_model_size(arch, config, model_args, where=source, **limits)  # before downloading the weights
     weights = None
-    header = None
     if pretrained:
         pcfg = config.get("pretrained_cfg", config)
         filename = pcfg.get("hf_hub_filename") or WEIGHTS_NAME
@@ -306,9 +306,7 @@ def _preflight_hub(
                     )
             else:
                 _io.verify_sha256(weights, recorded, what=source, hint=hint)
-    _safety.check_model_size_and_shapes(
-        arch, config, model_args, where=source, header=header, weights=weights, **limits
-    )
+        _safety.check_shapes(arch, config, model_args, where=source, header=header, weights=weights)
     commit = cfg_path.parent.name if cfg_path.parent.parent.name == "snapshots" else None
     return Preflight("hf-hub", repo_id, revision, arch, config, cfg_path, weights, commit)
 
@@ -326,8 +324,8 @@ def _preflight_dir(
         raise FileNotFoundError(f"{source}: {cfg_path} does not exist; write the folder with save_pretrained")
     config = read_config(cfg_path, source=source)
     arch, model_args = check_config(config, source=source, overrides=overrides)
+    _safety.check_model_size(arch, config, model_args, where=source, **limits)
     weights = None
-    header = None
     if pretrained:
         weights = path / WEIGHTS_NAME
         if not _safety.check_file_kind(weights, path, source):
@@ -342,9 +340,7 @@ def _preflight_dir(
         recorded = recorded_sha256(config, WEIGHTS_NAME, source=source)
         if recorded is not None:
             _io.verify_sha256(weights, recorded, what=source, hint=hint)
-    _safety.check_model_size_and_shapes(
-        arch, config, model_args, where=source, header=header, weights=weights, **limits
-    )
+        _safety.check_shapes(arch, config, model_args, where=source, header=header, weights=weights)
     return Preflight("local-dir", str(path), None, arch, config, cfg_path, weights)
 
 

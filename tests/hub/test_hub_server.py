@@ -154,6 +154,8 @@ def faults(fakehub, tmp_path_factory) -> Faults:
     put("bad/args", {**cfg, "model_args": {**cfg["model_args"], "evil_kwarg": 1}}, **good)
     put("bad/pickle", cfg, **{"pytorch_model.bin": pickle.dumps({"w": Evil()}, protocol=2)})
     put("bad/trunc", cfg, **{"model.safetensors": weights[: len(weights) // 2]})
+    put("bad/huge", {**cfg, "model_args": {**cfg["model_args"], "embed_dim": 2**20}}, **good)
+    put("bad/sha", {**cfg, "sha256": {"model.safetensors": "0" * 64}}, **good)
     fakehub.add_files("bad/noconfig", good)
     for repo in ("org/cachefix", "org/resume", "org/retry"):
         put(repo, cfg, **good)
@@ -174,7 +176,7 @@ import glob
 from pathlib import Path
 r = {{}}
 # -- repos that must be refused, each with a clear error
-for repo in ["arch", "mixer", "args", "pickle", "trunc", "noconfig", "does-not-exist"]:
+for repo in ["arch", "mixer", "args", "pickle", "trunc", "noconfig", "does-not-exist", "huge", "sha"]:
     r[repo] = outcome(lambda: load("hf-hub:bad/" + repo))
 r["mz_create_model"] = outcome(lambda: mixerzoo.create_model("hf-hub:bad/mixer", pretrained=True))
 # -- a corrupted cache blob is caught; force_download repairs it
@@ -232,6 +234,13 @@ def test_unknown_architecture_and_missing_mixer_fail_before_weights(faults):
 def test_model_args_checked_against_constructor_before_build(faults):
     assert faults.out["args"]["type"] == "InvalidConfigError" and "evil_kwarg" in faults.out["args"]["msg"]
     assert not _gets(faults.requests, "bad/args", "model.safetensors")
+
+
+def test_oversized_config_is_refused_before_weights_and_sha256_is_checked(faults):
+    out = faults.out
+    assert out["huge"]["type"] == "ModelTooLargeError" and "MIXERZOO_MAX_PARAMS=" in out["huge"]["msg"]
+    assert not _gets(faults.requests, "bad/huge", "model.safetensors")
+    assert out["sha"]["type"] == "CorruptCheckpointError" and "config.json records " + "0" * 64 in out["sha"]["msg"]
 
 
 def test_pickle_only_repo_is_refused_and_never_downloaded(faults):
