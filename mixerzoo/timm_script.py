@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mixerzoo.timm_script SCRIPT ARGS...``; a bad SCRIPT is one line on stderr, exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m mixerzoo.timm_script SCRIPT [ARGS...]\n\n" + (__doc__ or "").split("\n\n")[0],
+        print("usage: python -m mixerzoo.timm_script SCRIPT [ARGS...]\n\nRun timm's SCRIPT (train.py, validate.py, "
+              "benchmark.py, inference.py) with the mz_* models registered;\nARGS go to the script unchanged, e.g.\n"
+              "  python -m mixerzoo.timm_script validate.py --model mz_poolformer_s12 --data-dir /data/imagenet",
               file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
     try:
