@@ -15,9 +15,10 @@ qualified name. Two plugins declaring one bare name make that bare name ambiguou
 both), while both qualified names keep working.
 
 A plugin that fails to import (any exception, ``SystemExit`` included; not ``KeyboardInterrupt``), or
-breaks the contract (wrong ``layout``/``kind``, another ``contract_version``), is skipped with a ``RuntimeWarning`` naming the distribution and the error and
-recorded in :func:`errors`; asking for its mixer re-raises with the original error attached. With
-``MIXERZOO_PLUGINS_STRICT=1`` such faults raise at discovery instead.
+breaks the contract (wrong ``layout``/``kind``, another ``contract_version``), is skipped with a
+``RuntimeWarning`` naming the distribution and the error and recorded in :func:`errors`; asking for its
+mixer re-raises with the original error attached. With ``MIXERZOO_PLUGINS_STRICT=1`` such faults raise at
+discovery instead.
 """
 
 from __future__ import annotations

@@ -369,7 +369,8 @@ def test_convert_reads_timm_training_checkpoints_with_argparse_namespace(tmp_pat
     model = _model("test_poolformer")
     ckpt = _timm_training_checkpoint(model, tmp_path / "checkpoint-2.pth.tar")
     out = tmp_path / "converted"
-    assert _cli.main(["convert", "test_poolformer", str(ckpt), str(out), "--num-classes", "10"]) == 0, capsys.readouterr()
+    rc = _cli.main(["convert", "test_poolformer", str(ckpt), str(out), "--num-classes", "10"])
+    assert rc == 0, capsys.readouterr().err
     x = _x(model)
     with torch.no_grad():
         assert torch.equal(_load(f"local-dir:{out}")(x), model.eval()(x))
