@@ -209,3 +209,25 @@ def test_disk_full_mid_run_is_one_line_and_keeps_previous_checkpoint(capsys, tmp
     ckpt.load_checkpoint(out / "checkpoints")  # intact, verified
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     assert not (out / rundir.LOCK_NAME).exists()  # released on the error
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle_only"])
+def test_hub_errors_through_eval_and_finetune_are_one_line(capsys, tmp_path, damage):
+    import mixerzoo
+    from mixerzoo.cli import main as mixerzoo_main
+    from mixerzoo.hub import save_pretrained
+
+    folder = tmp_path / damage
+    save_pretrained(mixerzoo.create_model("test_poolformer", num_classes=10), folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:  # the hub's UnsafeCheckpointError (a HubError, not an OSError or ValueError)
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    for cmd in (["eval", f"local-dir:{folder}", "--workers", "0"],
+                ["finetune", f"local-dir:{folder}", "--workers", "0", "--output", str(tmp_path / "ft")]):
+        assert mixerzoo_main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"mixerzoo {cmd[0]}: error: ") and str(folder) in err
+    assert not (tmp_path / "ft").exists()  # the failed fine-tune created nothing
