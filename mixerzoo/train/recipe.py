@@ -187,7 +187,8 @@ class Range:
         if value is None and _base_type(field_types()[name])[1]:
             return
         kind = "an int" if self.integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+        wrong = isinstance(value, bool) or not isinstance(value, (int, float))
+        if wrong or (self.integer and not isinstance(value, int)):
             raise RecipeError(f"{name} must be {kind}, got {shown!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise RecipeError(f"{name} must be a finite number, got {shown!r}")

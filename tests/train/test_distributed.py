@@ -20,7 +20,8 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     # 2 processes x 2 accumulated micro-batches of 1 image (no_sync on the first) = 1 process with batches of 4
     two = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "mixerzoo.train", *common, "--grad-accum-steps", "2", "--output", str(tmp_path / "two")],
+                          "-m", "mixerzoo.train", *common, "--grad-accum-steps", "2",
+                          "--output", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert "1 epochs" in two.stdout and two.stdout.count("val top-1") == 1  # only rank 0 prints
