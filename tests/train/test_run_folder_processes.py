@@ -25,7 +25,7 @@ def test_second_run_on_a_locked_folder_refuses(tmp_path):
                              stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19))
     try:
         deadline = time.monotonic() + 60
-        while not (run / LOCK).exists():
+        while not ((run / LOCK).exists() and (run / LOCK).read_text().endswith("\n")):  # written in full
             assert first.poll() is None, first.stderr.read()[-2000:]
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.1)
