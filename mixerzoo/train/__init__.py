@@ -1,7 +1,8 @@
 """mixerzoo.train: the common training recipe (plain PyTorch on timm's building blocks).
 
 - :class:`Recipe` / :func:`build_recipe`: typed recipe (CLI flags = fields = YAML keys), per-family defaults.
-- :func:`fit`: train or fine-tune (DDP under torchrun, atomic safetensors checkpoints, exact resume).
+- :func:`fit`: train or fine-tune (DDP under torchrun with SyncBatchNorm, gradient accumulation, atomic
+  sha256-verified safetensors checkpoints, exact resume, one locked run per output folder).
 - :func:`evaluate_recipe`: top-1/top-5 of a model on a data source.
 - ``python -m mixerzoo.train`` / ``mixerzoo train|finetune|eval``; ``python -m mixerzoo.train.demo``.
 """

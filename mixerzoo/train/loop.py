@@ -287,7 +287,10 @@ def fit(recipe: Recipe, *, mode: str = "train", on_step: Callable[[dict[str, Any
     """Train (``mode='train'``) or fine-tune (``'finetune'``) according to ``recipe``.
 
     ``on_step`` is called after every optimizer step with ``{epoch, step, global_step, loss, lr}``.
-    Writes ``<output>/metrics.jsonl``, ``curves.png``, ``recipe.json``, ``checkpoints/`` and ``model/``.
+    Writes ``<output>/metrics.jsonl``, ``curves.png``, ``recipe.json``, ``checkpoints/`` and ``model/``, holding
+    ``<output>/.mixerzoo.lock`` meanwhile; an output folder that already holds a run needs ``recipe.resume`` or
+    ``recipe.overwrite`` (see :mod:`mixerzoo.train.rundir`), and nothing in it changes before the recipe, the data
+    and the model were checked.
     """
     d = _setup(recipe)
     try:
