@@ -141,7 +141,7 @@ class FocusedLinearAttention(nn.Module):
             x = self.norm(x_.flatten(2).transpose(1, 2))
         s2 = torch.cat((s, torch.ones_like(s)))
         kv = F.linear(x, self.kv.weight * s2[:, None], self.kv.bias * s2 if self.kv.bias is not None else None)
-        k, v = kv.view(B, -1, 2, C).unbind(2)
+        k, v = kv.view(B, kv.shape[1], 2, C).unbind(2)  # explicit sizes: B may be 0
         return q, k, v, kv_hw
 
     def forward(self, x: Tensor, hw: tuple[int, int] | None = None) -> Tensor:

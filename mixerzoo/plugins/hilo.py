@@ -104,7 +104,8 @@ class HiLo(nn.Module):
             kv_in = pooled.flatten(2).transpose(1, 2)
         else:
             kv_in = x.reshape(B, H * W, C)
-        kv = self.l_kv(kv_in).view(B, -1, 2, self.l_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv = self.l_kv(kv_in).view(B, kv_in.shape[1], 2, self.l_heads, self.head_dim)  # explicit sizes: B may be 0
+        kv = kv.permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.l_proj(out.transpose(1, 2).reshape(B, H, W, self.l_dim))

@@ -163,7 +163,7 @@ _ONEDNN_FUSED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldn
 def fused_cpu_inference(x: Tensor, module: nn.Module) -> bool:
     """True where oneDNN's fused linear/conv + GELU kernels may replace eager ops (same maths, no autograd):
     CPU fp32 inference (no grad needed), outside scripting/tracing/compilation/autocast (:func:`eager_only`)."""
-    if not _ONEDNN_FUSED or eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not _ONEDNN_FUSED or eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
 
@@ -203,7 +203,7 @@ _MLP_MIN_TILE = 256  # rows: smaller tiles make the weight-gradient GEMMs ineffi
 def _cpu_mlp_train(x: Tensor, mlp: FusedMlp) -> bool:
     """True where :class:`_CpuMlpFunction` replaces the eager MLP: CPU fp32 with autograd, exact GELU, no
     active dropout, no autocast, outside tracing/scripting/compilation."""
-    if eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
+    if eager_only(x) or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2 or x.numel() == 0:
         return False
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in mlp.parameters())):
         return False
@@ -317,7 +317,7 @@ def fused_mlp_residual(x: Tensor, norm: nn.Module, mlp: FusedMlp, block: nn.Modu
     """
     if eager_only(x) or not (isinstance(norm, nn.LayerNorm) and isinstance(mlp, FusedMlp)):
         return None  # fx / TorchScript / compile / autocast record or run the eager path
-    if not x.is_contiguous() or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not x.is_contiguous() or x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() == 0:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
         return None

@@ -42,7 +42,7 @@ def _ints(name: str, value: Any, *, lo: int, n: int | None, model: str | None) -
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"{_where(model)}{name}={value!r} must be a sequence of ints, got {type(value).__name__}")
     if len(value) == 0 or (n is not None and len(value) != n):
-        need = f"{n} entries (one per stage)" if n is not None else "at least one entry"
+        need = f"{n} entries (one per stage of depths)" if n is not None else "at least one entry"
         raise ValueError(f"{_where(model)}{name}={value!r} must have {need}")
     for v in value:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -109,7 +109,7 @@ def check_model_args(args: Mapping[str, Any], *, model: str | None = None) -> No
         if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
             raise TypeError(f"{_where(model)}mlp_ratios={v!r} must be a sequence of floats, got {type(v).__name__}")
         if n is not None and len(v) != n:
-            raise ValueError(f"{_where(model)}mlp_ratios={v!r} must have {n} entries (one per stage)")
+            raise ValueError(f"{_where(model)}mlp_ratios={v!r} must have {n} entries (one per stage of depths)")
         for r in v:
             _float("mlp_ratios", r, lo=0.0, hi=None, lo_open=True, model=model)
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, factory, make_mixer, resolve_mixers, stage_dpr
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttnResNet", "AttnResNetConfig", "BasicBlock", "Bottleneck", "checkpoint_filter"]
@@ -308,6 +309,8 @@ class AttnResNet(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` for the stages in ``indices``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: AttnResNet supports 'NCHW' only")
         take, max_index = feature_take_indices(len(LAYERS), indices)
@@ -334,6 +337,8 @@ class AttnResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.forward_stem(x)
         x = self.layer1(x)
         x = self.layer2(x)

@@ -52,6 +52,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttentionLePEV", "BiFormerSTL", "BiFormerSTLConfig", "checkpoint_filter"]
@@ -328,6 +329,8 @@ class BiFormerSTL(nn.Module):
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (floor); ``norm=True`` applies the head's
         BatchNorm to the last stage's output."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt={output_fmt!r}: BiFormerSTL supports 'NCHW' and 'NHWC'")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -357,6 +360,8 @@ class BiFormerSTL(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (floor), before the head's norm."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)

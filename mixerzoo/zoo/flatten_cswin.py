@@ -43,7 +43,7 @@ from mixerzoo.zoo._blocks import (
 )
 from mixerzoo.zoo._blocks import FusedMlp as Mlp
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import image_size
+from mixerzoo.zoo._checks import check_input, image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenCSwin", "FLattenCSwinConfig", "checkpoint_filter"]
@@ -258,6 +258,8 @@ class FLattenCSwin(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]``; ``norm`` applies the final norm to the last stage's."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: FLattenCSwin supports 'NCHW' only")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -292,6 +294,8 @@ class FLattenCSwin(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]`` (final norm applied)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)

@@ -44,7 +44,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import image_size
+from mixerzoo.zoo._checks import check_input, image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenPVTv2", "FLattenPVTv2Config", "checkpoint_filter"]
@@ -270,6 +270,8 @@ class FLattenPVTv2(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (each stage ends in its own norm; ``norm`` is a no-op)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: FLattenPVTv2 supports 'NCHW' only")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -298,6 +300,8 @@ class FLattenPVTv2(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         return self.stages(self.patch_embed(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -46,7 +46,7 @@ from mixerzoo.zoo._blocks import (
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import image_size
+from mixerzoo.zoo._checks import check_input, image_size
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenSwin", "FLattenSwinConfig", "checkpoint_filter"]
@@ -256,6 +256,8 @@ class FLattenSwin(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (``norm``: final LayerNorm on the last stage)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt={output_fmt!r}: FLattenSwin supports 'NCHW' or 'NHWC'")
         take, max_index = feature_take_indices(len(self.layers), indices)
@@ -287,6 +289,8 @@ class FLattenSwin(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.layers, self.patch_embed(x))
         else:

@@ -49,6 +49,7 @@ from mixerzoo.zoo._blocks import (
 )
 from mixerzoo.zoo._blocks import fused_cpu_inference as _fused_inference
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["LITv2", "LITv2Config", "checkpoint_filter", "deform_conv2x2_nhwc"]
@@ -229,7 +230,7 @@ def deform_conv2x2_nhwc(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor 
     cols = cols.view(B * Ho * Wo, 4 * C)  # (tap, channel) order
     w2 = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 4 * C)
     out = cols @ w2.t() if bias is None else torch.addmm(bias, cols, w2.t())
-    return out.view(B, Ho, Wo, -1)
+    return out.view(B, Ho, Wo, weight.shape[0])  # explicit sizes: B may be 0
 
 
 class DeformConv2d(nn.Module):
@@ -426,6 +427,8 @@ class LITv2(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (``norm``: final LayerNorm on the last stage)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt={output_fmt!r}: LITv2 supports 'NCHW' or 'NHWC'")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -457,6 +460,8 @@ class LITv2(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.patch_embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)

@@ -50,6 +50,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["NAT", "NATConfig", "checkpoint_filter"]
@@ -326,6 +327,8 @@ class NAT(nn.Module):
         With ``out_norms=True`` every output goes through its detection-backbone LayerNorm; otherwise
         ``norm=True`` applies the head's LayerNorm to the last stage's output.
         """
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt={output_fmt!r}: NAT supports 'NCHW' and 'NHWC'")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -362,6 +365,8 @@ class NAT(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil), before the head's norm."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)

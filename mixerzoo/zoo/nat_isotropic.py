@@ -52,6 +52,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttentionRPB", "NATIsotropic", "NATIsotropicConfig", "checkpoint_filter"]
@@ -296,6 +297,8 @@ class NATIsotropic(nn.Module):
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Block outputs (timm ViT-style) ``[B, C, H/p, W/p]`` (``NCHW``), ``[B, H/p, W/p, C]`` (``NHWC``)
         or ``[B, HW/p², C]`` (``NLC``); ``norm=True`` applies the head's LayerNorm to each."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r}: NATIsotropic supports 'NCHW', 'NHWC' and 'NLC'")
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -328,6 +331,8 @@ class NATIsotropic(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, embed_dim, ⌈H/p⌉, ⌈W/p⌉]``, before the head's norm."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.patch_embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)

@@ -42,6 +42,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["PoolFormer", "PoolFormerConfig", "checkpoint_filter"]
@@ -277,6 +278,8 @@ class PoolFormer(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` for the stages in ``indices``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: PoolFormer supports 'NCHW' only")
         take, max_index = feature_take_indices(len(self.stages), indices)
@@ -310,6 +313,8 @@ class PoolFormer(nn.Module):
         The body runs in ``channels_last`` memory format (1×1 convs become plain GEMMs on CPU and GPU);
         the logical layout stays NCHW.
         """
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self.stem(x).contiguous(memory_format=torch.channels_last)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import DropPath, Mlp, factory, init_weights, make_mixer, resolve_mixers, trunc_normal_
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
+from mixerzoo.zoo._checks import check_input
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["VisionTransformer", "ViTConfig", "checkpoint_filter"]
@@ -211,6 +212,8 @@ class VisionTransformer(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Block outputs without the class token, ``[B, C, H/p, W/p]`` (NCHW) or ``[B, N, C]`` (NLC)."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r} must be 'NCHW' or 'NLC'")
         take, max_index = feature_take_indices(len(self.blocks), indices)
@@ -225,7 +228,7 @@ class VisionTransformer(nn.Module):
         intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
         if output_fmt == "NCHW":
             H, W = self.patch_embed.dynamic_feat_size((height, width))
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.reshape(B, H, W, y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -243,6 +246,8 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → normed tokens ``[B, 1 + HW/p², C]``."""
+        if not torch.jit.is_scripting():
+            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
         x = self._tokens(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)

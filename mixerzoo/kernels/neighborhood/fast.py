@@ -236,6 +236,8 @@ class _Plan:
         """(n-slice, m-slice) blocks of the (N, M) attention batch with <= ``_CHUNK_ELEMS`` scores (evenly
         split); every block is contiguous in a (N, M, ...) tensor (whole M rows, or one n)."""
         per = self.tq * self.hk
+        if n == 0 or m == 0:
+            return  # an empty batch: nothing to compute
         if m * per <= _CHUNK_ELEMS:
             count = math.ceil(n / max(1, _CHUNK_ELEMS // (m * per)))
             step = math.ceil(n / count)
