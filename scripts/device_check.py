@@ -59,15 +59,15 @@ PEAK_HBM_BYTES = 4.8e12
 
 #: (job, GPU budget s, dry-run budget s); run in this order (most valuable first)
 JOBS: tuple[tuple[str, float, float], ...] = (
-    ("env", 20, 8),
-    ("kernels.neighborhood", 45, 10),
-    ("kernels.routed", 30, 6),
-    ("kernels.linear", 25, 5),
+    ("env", 15, 8),
+    ("kernels.neighborhood", 40, 10),
+    ("kernels.routed", 25, 6),
+    ("kernels.linear", 20, 5),
     ("families", 55, 30),
-    ("speed", 60, 12),
-    ("models", 60, 8),
-    ("train", 35, 10),
-    ("sanitizer", 30, 6),
+    ("speed", 55, 12),
+    ("models", 75, 8),
+    ("train", 30, 10),
+    ("sanitizer", 25, 6),
 )
 PART_STATUSES = ("ok", "fail", "error", "timeout", "skipped")
 GRACE_S = 20.0  # a child's hard timeout is its budget plus this
@@ -614,6 +614,9 @@ DRY_FAMILIES = ("flatten_pvt", "biformer", "nat")  # one family per Triton kerne
 DRY_MODELS = {"nat": "test_nat"}  # else the family's first test variant
 DRY_IMG = 32
 CHANNELS_LAST_FAMILIES = ("attn_resnet", "poolformer")
+# families whose mixers call a Triton op go first: when the budget runs out, plain families are what is lost
+TRITON_FIRST = ("nat", "biformer", "flatten_swin", "flatten_pvt", "flatten_cswin", "flatten_pvt_v2", "biformer_stl",
+                "nat_isotropic")
 FAMILY_TOL = {"float32": {"logits": 1e-3, "grad": 1e-2}, "bfloat16": {"logits": 5e-2, "grad": 1.5e-1}}
 
 
@@ -643,6 +646,21 @@ def _min_size(model) -> int:  # noqa: ANN001
         else DRY_IMG
 
 
+def _wake_layer_scales(model) -> int:  # noqa: ANN001
+    """Set layer-scale vectors initialised to a tiny constant (1e-5, 1e-6) to 1: at their init the mixer
+    branches barely reach the logits, and triton-vs-torch differences would vanish below fp32 rounding."""
+    torch = _torch()
+    n = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and p.is_floating_point():
+                lo, hi = p.min().item(), p.max().item()
+                if lo == hi and 0 < abs(lo) <= 1e-4:
+                    p.fill_(1.0)
+                    n += 1
+    return n
+
+
 def _fwd_bwd(model, x, w, amp: bool, dev: str):  # noqa: ANN001, ANN202
     torch = _torch()
     model.zero_grad(set_to_none=True)
@@ -662,10 +680,9 @@ def job_families(frag: Fragment, dry: bool) -> None:
     ops = triton_ops()
     triton_op_names = set(ops.values())
     # families whose mixers call a Triton op first: if the budget runs out, plain families are what is lost
-    first = ("nat", "biformer", "flatten_swin", "flatten_pvt", "flatten_cswin", "flatten_pvt_v2", "biformer_stl",
-             "nat_isotropic")
     every = list_families()
-    families = list(DRY_FAMILIES) if dry else [f for f in first if f in every] + [f for f in every if f not in first]
+    families = list(DRY_FAMILIES) if dry else [f for f in TRITON_FIRST if f in every] + [
+        f for f in every if f not in TRITON_FIRST]
     batch = 1 if dry else 2
     frag.data["info"].update(families=families, tolerance=FAMILY_TOL, triton_ops=ops, batch=batch)
     dtypes = ["float32"] if dry else ["float32", "bfloat16"]
@@ -682,6 +699,7 @@ def job_families(frag: Fragment, dry: bool) -> None:
                 torch.manual_seed(0)
                 model, size = _make_model(name, dev, dry)
                 model.eval()  # no dropout / drop-path: both implementations see the same network
+                rec["layer_scales_set_to_1"] = _wake_layer_scales(model)
                 gen = torch.Generator().manual_seed(1)
                 x = torch.randn(batch, 3, size, size, generator=gen).to(dev)
                 w = torch.randn(batch, model.num_classes if hasattr(model, "num_classes") else 1000,
@@ -883,7 +901,7 @@ def job_speed(frag: Fragment, dry: bool) -> None:
                              bytes_note="fewest HBM bytes: q, k, v read + out written; fwd+bwd adds dO, out, q, k, v "
                              "read and dq, dk, dv written")
     flex_jobs: list[tuple[str, Callable[[], Any], float, float, dict]] = []
-    max_s = 0.05 if dry else 0.25
+    max_s = 0.05 if dry else 0.12
     for p in _speed_problems(dry):
         if frag.left() < 3:
             frag.skip(p["id"])
@@ -941,6 +959,13 @@ def job_speed(frag: Fragment, dry: bool) -> None:
                                                                           "scale": scale, "fb": fb}))
             if p["kernel"] == "neighborhood" and has_natten and not dry:
                 cands.append(("natten", lambda: _natten(ins, p, extra), None, flops))
+        try:
+            explain_all(reset=True)
+            with torch.no_grad():
+                ours("auto")
+            frag.data["info"].setdefault("auto_choice", {})[p["id"]] = explain_all(reset=True)
+        except Exception as err:  # noqa: BLE001
+            frag.data["info"].setdefault("auto_choice", {})[p["id"]] = {"error": _fmt_err(err)}
         for name, fwd, fwdbwd, fl in cands:
             for mode, fn in (("fwd", fwd), ("fwd+bwd", fwdbwd)):
                 rid = f"{p['id']}/{name}/{mode}"
@@ -956,8 +981,8 @@ def job_speed(frag: Fragment, dry: bool) -> None:
                     f = fl * (1 if mode == "fwd" else bwd_factor)
                     nb = io_bytes * (1 if mode == "fwd" else 3)
                     _perf(rec, ms, f, nb)
-                except Exception as err:  # noqa: BLE001
-                    rec.update(error=_fmt_err(err))
+                except Exception as err:  # noqa: BLE001 - a baseline that cannot run is information; ours is a bug
+                    rec.update(error=_fmt_err(err), ok=False if name == "triton" else None)
                 frag.add(rec)
         if dev == "cuda":
             torch.cuda.empty_cache()
@@ -990,6 +1015,31 @@ def job_speed(frag: Fragment, dry: bool) -> None:
                 rec.update(error=_fmt_err(err))
             frag.add(rec)
     frag.data["info"]["natten_timed"] = has_natten and not dry
+    frag.data["info"]["fastest"] = fastest_table(frag.data["records"])
+    frag.flush()
+
+
+def fastest_table(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per problem and pass: the fastest implementation among those that compute the same sparse op (ours,
+    masked SDPA, Flex, NATTEN; dense SDPA computes more and is listed apart) and triton's time over it — the
+    numbers that decide what ``auto`` should pick on CUDA."""
+    same_op = ("triton", "torch", "sdpa_masked", "flex", "natten")
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if "ms" not in r or r.get("impl") not in (*same_op, "sdpa_dense"):
+            continue
+        key = r["id"].rsplit("/", 2)[0] + "/" + r["pass"]
+        row = best.setdefault(key, {"times_ms": {}})
+        row["times_ms"][r["impl"]] = r["ms"]
+    for row in best.values():
+        t = {k: v for k, v in row["times_ms"].items() if k in same_op}
+        if t:
+            row["fastest"] = min(t, key=t.get)
+            if "triton" in t:
+                row["triton_over_fastest"] = t["triton"] / t[row["fastest"]]
+        if "sdpa_dense" in row["times_ms"] and "triton" in t:
+            row["triton_over_dense_sdpa"] = t["triton"] / row["times_ms"]["sdpa_dense"]
+    return best
 
 
 _FLEX: dict[str, Any] = {}
@@ -1029,7 +1079,9 @@ def job_models(frag: Fragment, dry: bool) -> None:
 
     dev = "cpu" if dry else "cuda"
     batch = 2 if dry else 64
-    families = list(DRY_FAMILIES[:1]) if dry else list_families()
+    every = list_families()
+    families = list(DRY_FAMILIES[:1]) if dry else [f for f in TRITON_FIRST if f in every] + [
+        f for f in every if f not in TRITON_FIRST]
     names = [(f, n) for f in families for n in _models_for(f, dry)]
     order = [("timm", b) for b in (DRY_BASELINES if dry else BASELINES)] + names
     frag.data["info"].update(batch=batch, amp="bfloat16" if not dry else "none (CPU dry run: fp32)",
@@ -1067,7 +1119,7 @@ def job_models(frag: Fragment, dry: bool) -> None:
             explain_all(reset=True)
             if dev == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            ms = bench(infer, dev, max_s=0.6 if not dry else 0.05, min_reps=3 if not dry else 1, max_reps=15)
+            ms = bench(infer, dev, max_s=0.4 if not dry else 0.05, min_reps=3 if not dry else 1, max_reps=15)
             rec["infer_img_s"] = batch / ms * 1e3
             rec["infer_ms"] = ms
             if dev == "cuda":
@@ -1086,7 +1138,7 @@ def job_models(frag: Fragment, dry: bool) -> None:
 
             if dev == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            ms = bench(step, dev, max_s=1.0 if not dry else 0.05, min_reps=3 if not dry else 1, max_reps=10)
+            ms = bench(step, dev, max_s=0.8 if not dry else 0.05, min_reps=3 if not dry else 1, max_reps=10)
             rec["train_img_s"] = batch / ms * 1e3
             rec["train_ms"] = ms
             if dev == "cuda":
@@ -1491,6 +1543,12 @@ def render_markdown(r: dict[str, Any]) -> str:
                              f"{_fnum(100 * x['frac_peak_bf16'], '.2f')} | {_fnum(100 * x['frac_hbm'], '.2f')} |")
             else:
                 lines.append(f"| {x['id']} | {x.get('error') or x.get('skipped') or x.get('msg')} | | | | |")
+    if sp and sp["info"].get("fastest"):
+        lines += ["", "### Fastest implementation of the same op (what `auto` should pick on CUDA)", "",
+                  "| problem / pass | fastest | triton / fastest | triton / dense SDPA |", "|---|---|---|---|"]
+        for key, row in sp["info"]["fastest"].items():
+            lines.append(f"| {key} | {row.get('fastest', '—')} | {_fnum(row.get('triton_over_fastest'))} | "
+                         f"{_fnum(row.get('triton_over_dense_sdpa'))} |")
     mo = r["parts"].get("models")
     if mo:
         lines += ["", "## Models", "", "| model | batch | img | train img/s | infer img/s | train peak MiB | note |",
@@ -1513,7 +1571,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", default=None, help="report folder (default: $OUT, else ./device-check-out)")
     ap.add_argument("--out", dest="out_opt", default=None, help="report folder (same as the positional argument)")
     ap.add_argument("--dry-run", action="store_true", help="CPU: TRITON_INTERPRET=1, tiny shapes, one family each")
-    ap.add_argument("--budget", default=None, help="whole-run seconds (default 330 on the GPU, 90 dry)")
+    ap.add_argument("--budget", default=None, help="whole-run seconds (default 345 on the GPU, 90 dry)")
     ap.add_argument("--only", default=None, help="comma-separated jobs (env, kernels, kernels.routed, speed, ...)")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
@@ -1540,7 +1598,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     out = Path(args.out_opt or args.out or os.environ.get("OUT") or "device-check-out")
     try:
-        budget = float(args.budget) if args.budget else (90.0 if args.dry_run else 330.0)
+        budget = float(args.budget) if args.budget else (90.0 if args.dry_run else 345.0)
     except ValueError:
         print(f"device_check: error: --budget must be a number of seconds, got {args.budget!r}", file=sys.stderr)
         return 2
