@@ -5,6 +5,12 @@ Each public op lists its candidate implementations in priority order, each with 
 environment variable ``MIXERZOO_KERNEL_IMPL``) takes the first supported candidate and records why
 the others declined (:func:`explain`). An explicitly requested implementation never falls back: if it
 cannot run it raises :class:`KernelNotSupportedError` with the reason.
+
+While a tracer records the model (:func:`tracing`: ``torch.compile``, ``torch.export`` and the ONNX exporter
+built on it, ``torch.jit.trace``, ``torch.fx``), the hand-written CPU fast paths step aside for plain,
+traceable PyTorch ops with the same maths (no autograd Functions, ``out=`` writes, Python loops over the
+batch, or tensor caches), Triton kernels without a fake implementation are declined by ``auto``, and the
+dispatcher neither logs nor records (a log call would break the ``torch.compile`` graph at every op).
 """
 
 from __future__ import annotations
@@ -14,12 +20,17 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import torch
+import torch.fx._symbolic_trace as _fx_trace
+
 __all__ = [
     "IMPLS",
     "Impl",
     "KernelNotSupportedError",
     "explain",
+    "export_contiguous",
     "resolve_impl",
+    "tracing",
 ]
 
 Impl = Literal["auto", "reference", "torch", "triton"]
@@ -35,6 +46,33 @@ class KernelNotSupportedError(RuntimeError):
 
 
 Candidate = tuple[str, Callable[[], tuple[bool, str]]]
+
+TRACING_REASON = "tracing (torch.compile/export/jit/fx): this kernel has no fake implementation"
+
+
+def tracing() -> bool:
+    """True while ``torch.compile``/``torch.export`` (strict or not; also ``torch.onnx.export(dynamo=True)``),
+    ``torch.jit.trace`` or ``torch.fx`` (``symbolic_trace``, ``make_fx``) records the call.
+
+    Fast paths use it to step aside for traceable ops: a recorded ``out=`` write into a view, a loop over the
+    batch (which fixes the batch size) or a cached tensor built under a fake mode would break the trace or the
+    program it produces.
+    """
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _fx_trace.is_fx_tracing()
+
+
+def export_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a recorded contiguous copy under ``torch.export`` (and the ONNX exporter on it); ``t`` otherwise.
+
+    For the output of ``scaled_dot_product_attention``: export records it with the CPU flash kernel's strides,
+    the ONNX exporter's decompositions replay it with the math kernel's, and a later ``reshape`` recorded as a
+    view of the first layout then fails ("Cannot view a tensor ..."). A copy fixes the layout for both.
+    """
+    if torch.compiler.is_exporting():
+        return t.clone(memory_format=torch.contiguous_format)
+    return t
 
 
 def _requested(impl: str | None) -> str:
@@ -65,16 +103,18 @@ def resolve_impl(op: str, impl: str | None, candidates: Sequence[Candidate]) -> 
                 ok, reason = check()
                 if not ok:
                     raise KernelNotSupportedError(f"{op}: impl={want!r} cannot run these inputs: {reason}")
-                _last[op] = (name, ())
+                if not torch.compiler.is_compiling():  # no side effects in a compiled graph
+                    _last[op] = (name, ())
                 return name
         raise KernelNotSupportedError(f"{op}: impl={want!r} is not available for this op (has {names})")
     declined: list[tuple[str, str]] = []
     for name, check in candidates:
         ok, reason = check()
         if ok:
-            if declined:
-                _log.debug("%s: auto chose %r; declined: %s", op, name, declined)
-            _last[op] = (name, tuple(declined))
+            if not torch.compiler.is_compiling():  # a log call is a graph break under torch.compile
+                if declined:
+                    _log.debug("%s: auto chose %r; declined: %s", op, name, declined)
+                _last[op] = (name, tuple(declined))
             return name
         declined.append((name, reason))
     raise KernelNotSupportedError(f"{op}: no implementation can run these inputs: {declined}")

@@ -40,6 +40,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
+from mixerzoo.kernels._dispatch import export_contiguous
 from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
@@ -130,6 +131,7 @@ class AttentionRPB(nn.Module):
         N = H * W
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(H, W).unsqueeze(0).to(q.dtype))
+        out = export_contiguous(out)  # one layout for torch.export and the ONNX exporter's decompositions
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 

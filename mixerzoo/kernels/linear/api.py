@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from mixerzoo.kernels import _triton
-from mixerzoo.kernels._dispatch import Impl, resolve_impl
+from mixerzoo.kernels._dispatch import TRACING_REASON, Impl, resolve_impl, tracing
 from mixerzoo.kernels.linear.common import KERNELS, FeatureKernel
 
 __all__ = ["linear_attention"]
@@ -115,6 +115,8 @@ def linear_attention(
         )  # fmt: skip
 
     def triton_ok() -> tuple[bool, str]:
+        if tracing():
+            return False, TRACING_REASON
         ok, reason = _triton.triton_supported_for(q, k, v)
         if not ok:
             return ok, reason

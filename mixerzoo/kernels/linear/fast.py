@@ -12,12 +12,19 @@ allocations (on CPU each fresh ``[B, N, C]`` buffer also costs page faults):
   in closed form (see ``_phi_bwd``).
 
 All arithmetic is fp32 (fp64 for fp64 inputs), so fp16/bf16 inputs cannot overflow.
+
+While a tracer records the call (``torch.compile``/``torch.export``/ONNX/``torch.jit.trace``/``torch.fx``; see
+:func:`mixerzoo.kernels._dispatch.tracing`) the readable formulation runs instead: same maths, plain
+differentiable ops (the ``out=`` writes into transposed views above cannot be exported).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from mixerzoo.kernels._dispatch import tracing
+from mixerzoo.kernels.linear import reference
 
 __all__ = ["forward"]
 
@@ -135,4 +142,8 @@ def forward(
     q: Tensor, k: Tensor, v: Tensor, *, kernel: str, focusing_factor: float, feature_eps: float, eps: float
 ) -> Tensor:
     """Same contract as :func:`mixerzoo.kernels.linear.reference.forward`."""
+    if tracing():
+        return reference.forward(
+            q, k, v, kernel=kernel, focusing_factor=focusing_factor, feature_eps=feature_eps, eps=eps
+        )
     return _LinearAttentionFunction.apply(q, k, v, kernel, float(focusing_factor), float(feature_eps), float(eps))

@@ -24,6 +24,11 @@ each query's window, plus the relative position bias gathered from ``rpb``):
   the ``unfold``) and the ``rpb`` gradient with one ``index_add_``.
 
 Memory stays linear in the number of tokens: the tile layouts are ``((T + 2r) / T)^2`` times K and V.
+
+While a tracer records the call (``torch.compile``, ``torch.export``/ONNX, ``torch.jit.trace``, ``torch.fx``;
+:func:`mixerzoo.kernels._dispatch.tracing`) the inference formulation runs with or without autograd (its mask
+is differentiable in ``rpb``), on a fresh plan and mask: nothing traced is cached, and no autograd Function or
+private CPU flash op is recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+
+from mixerzoo.kernels._dispatch import export_contiguous, tracing
 
 __all__ = ["choose_tile", "forward"]
 
@@ -267,7 +274,7 @@ _MASKS: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
 
 def _cached_mask(plan: _Plan, rpb: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    if rpb is None or rpb.is_inference() or torch.compiler.is_compiling():
+    if rpb is None or rpb.is_inference():
         return plan.mask(rpb, dtype)
     # the plan object itself (not its id) is part of the key: the entry keeps it alive, so no id reuse
     key = (plan, rpb.data_ptr(), rpb._version, tuple(rpb.shape), rpb.dtype, dtype)
@@ -370,15 +377,17 @@ def forward(
     """
     b, height, width, heads, dim = q.shape
     tile = (None, None) if tile is None else tuple(tile)
-    plan = _plan(height, width, tuple(kernel_size), tuple(dilation), tile, heads, q.device)
+    traced = tracing()
+    args = (height, width, tuple(kernel_size), tuple(dilation), tile, heads, q.device)
+    plan = _Plan(*args) if traced else _plan(*args)  # a plan built under a tracer's fake mode is never cached
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
-    if needs_grad:
+    if needs_grad and not traced:
         return _NeighborhoodTilesFunction.apply(q, k, v, rpb, plan, float(scale), acc)
-    # inference: fused SDPA on the tiles with a cached mask
+    # inference (and tracing): fused SDPA on the tiles with a cached mask (a fresh, differentiable one when traced)
     qt = plan.q_tiles(q, acc).view(plan.attn_shape(b, plan.tq, dim))
     kt = plan.kv_tiles(k, acc).view(plan.attn_shape(b, plan.hk, dim))
     vt = plan.kv_tiles(v, acc).view(plan.attn_shape(b, plan.hk, dim))
-    mask = _cached_mask(plan, rpb, acc)
-    out_t = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=float(scale))
+    mask = plan.mask(rpb, acc) if traced else _cached_mask(plan, rpb, acc)
+    out_t = export_contiguous(F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=float(scale)))
     return plan.q_untile(out_t, b, dim).to(q.dtype)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixerzoo.kernels import _triton
-from mixerzoo.kernels._dispatch import Impl, resolve_impl
+from mixerzoo.kernels._dispatch import TRACING_REASON, Impl, resolve_impl, tracing
 
 __all__ = ["region_merge", "region_partition", "routed_attention"]
 
@@ -74,7 +74,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, topk_index: Tensor, key_padding_mask
         )
     if topk_index.shape[-1] < 1:
         raise ValueError(f"topk_index needs at least one routed region, got K={topk_index.shape[-1]}")
-    if topk_index.device.type == "cpu" and not torch.compiler.is_compiling() and topk_index.numel():
+    if topk_index.device.type == "cpu" and not tracing() and topk_index.numel():
         lo, hi = int(topk_index.min()), int(topk_index.max())
         if lo < 0 or hi >= R:
             raise IndexError(f"topk_index values must be in [0, {R}), got min={lo}, max={hi}")
@@ -129,6 +129,8 @@ def routed_attention(
         )  # fmt: skip
 
     def triton_ok() -> tuple[bool, str]:
+        if tracing():
+            return False, TRACING_REASON
         ok, reason = _triton.triton_supported_for(q, k, v, topk_index)
         if not ok:
             return ok, reason

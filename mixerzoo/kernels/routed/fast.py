@@ -14,7 +14,7 @@ K/V and its gradients, independent of ``K`` and of the number of regions.
 Padding keys get an additive ``-inf`` mask; a query whose routed keys are all padding attends to every
 routed key (finite maths) and is zeroed afterwards (output and gradients), as the reference defines it.
 
-Under ``torch.compile``, off CPU, and when ``Dv != D`` (CPU flash needs one head size) the whole-tensor
+While a tracer records the call (``torch.compile``, ``torch.export``/ONNX, ``torch.jit.trace``, ``torch.fx``), off CPU, and when ``Dv != D`` (CPU flash needs one head size) the whole-tensor
 formulation (one gather + SDPA, autograd by PyTorch) is used instead.
 """
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mixerzoo.kernels._dispatch import export_contiguous, tracing
 
 __all__ = ["forward"]
 
@@ -161,7 +163,7 @@ class _RoutedAttentionFunction(torch.autograd.Function):
 
 
 def _forward_whole(qn: Tensor, kn: Tensor, vn: Tensor, flat: Tensor, valid: Tensor | None, scale: float) -> Tensor:
-    """One gather of all routed K/V + SDPA (autograd by PyTorch); used under ``torch.compile`` and on meta."""
+    """One gather of all routed K/V + SDPA (autograd by PyTorch); used while tracing and off CPU."""
     N, R, T, Hs, D = qn.shape
     Dv = vn.shape[-1]
     K = flat.shape[1]
@@ -174,7 +176,7 @@ def _forward_whole(qn: Tensor, kn: Tensor, vn: Tensor, flat: Tensor, valid: Tens
         key_ok = valid.index_select(0, fi).view(N * R, 1, 1, K * T)
         row_ok = key_ok.any(-1, keepdim=True)
         mask = key_ok | ~row_ok
-    out = F.scaled_dot_product_attention(q_r, k_sel, v_sel, attn_mask=mask, scale=scale)  # [N*R, Hs, T, Dv]
+    out = export_contiguous(F.scaled_dot_product_attention(q_r, k_sel, v_sel, attn_mask=mask, scale=scale))
     if row_ok is not None:
         out = out * row_ok
     return out.transpose(1, 2)
@@ -230,7 +232,7 @@ def forward(
     qn, kn, vn, flat, Hs = _normalise(q, k, v, topk_index)
     valid = _key_valid(key_padding_mask, B, H, G)
     N = qn.shape[0]
-    if torch.compiler.is_compiling() or q.device.type != "cpu" or D != Dv:  # CPU flash needs Dv == D
+    if tracing() or q.device.type != "cpu" or D != Dv:  # CPU flash needs Dv == D
         out = _forward_whole(qn, kn, vn, flat, valid, scale)
     elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         out = _RoutedAttentionFunction.apply(qn, kn, vn, flat, valid, scale)

@@ -6,6 +6,8 @@ import functools
 
 import torch
 
+from mixerzoo.kernels._dispatch import tracing
+
 __all__ = ["bias_index", "merge_windows", "region_labels", "split_windows"]
 
 
@@ -50,12 +52,21 @@ def _region_labels(height: int, width: int, window: tuple[int, int], shift: tupl
 def region_labels(height: int, width: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
     """Swin's region label of every token of the *rolled* map, (H, W) int64: tokens attend only to
     tokens with the same label (the wrap-around regions created by the cyclic shift are separated)."""
+    if tracing():  # a tensor built under a tracer's fake mode must not land in the cache
+        return _region_labels.__wrapped__(height, width, tuple(window), tuple(shift))
     return _region_labels(height, width, tuple(window), tuple(shift))
 
 
-@functools.lru_cache(maxsize=32)
 def bias_index(window: tuple[int, int]) -> torch.Tensor:
     """Swin's relative position index, (wh*ww, wh*ww): ``(qy - ky + wh - 1) * (2*ww - 1) + (qx - kx + ww - 1)``."""
+    window = (int(window[0]), int(window[1]))
+    if tracing():  # as in region_labels: never cache a traced tensor
+        return _bias_index.__wrapped__(window)
+    return _bias_index(window)
+
+
+@functools.lru_cache(maxsize=32)
+def _bias_index(window: tuple[int, int]) -> torch.Tensor:
     wh, ww = window
     yy, xx = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
     y, x = yy.reshape(-1), xx.reshape(-1)

@@ -4,7 +4,10 @@
 kernels). Autograd by PyTorch; works on CPU and CUDA.
 
 ``packed_forward`` (the op on a packed q|k|v, ``window_attention_2d_qkv``) is one autograd function with a
-hand-written backward instead: see :class:`_PackedWindowAttention`."""
+hand-written backward instead: see :class:`_PackedWindowAttention`. While a tracer records the call
+(``torch.compile``, ``torch.export``/ONNX, ``torch.jit.trace``, ``torch.fx``) it runs :func:`forward` on the
+unbound q, k, v: the packed function loops over the batch in Python (which would fix the batch size of an
+exported program) and writes in place into views of its inputs."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mixerzoo.kernels._dispatch import export_contiguous, tracing
 from mixerzoo.kernels.window.common import bias_index, merge_windows, region_labels, split_windows
 
 __all__ = ["forward", "packed_forward"]
@@ -57,7 +61,7 @@ def forward(
         q, k, v = (torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) for x in (q, k, v))
     qw, kw, vw = (split_windows(x, window).reshape(b, -1, window[0] * window[1], dim) for x in (q, k, v))
     mask = _mask(height, width, window, shift, rpb, heads, q.dtype, q.device)
-    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=scale)
+    out = export_contiguous(F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, scale=scale))
     out = merge_windows(out.view(b, -1, heads, window[0] * window[1], dim), window, height, width)
     if shift != (0, 0):
         out = torch.roll(out, shifts=shift, dims=(1, 2))
@@ -175,4 +179,7 @@ def packed_forward(
     qkv: torch.Tensor, window: tuple[int, int], shift: tuple[int, int], rpb: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
     """Window attention on packed ``(B, H, W, 3, heads, head_dim)`` (arguments already validated)."""
+    if tracing():
+        q, k, v = qkv.unbind(3)
+        return forward(q, k, v, window, shift, rpb, scale)
     return _PackedWindowAttention.apply(qkv, rpb, window, shift, scale)
