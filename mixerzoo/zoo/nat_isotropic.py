@@ -416,9 +416,8 @@ PRETRAINED: dict[str, dict[str, Any]] = {
 
 
 def _create(variant: str, pretrained: bool, config: NATIsotropicConfig, **kwargs: Any) -> NATIsotropic:
-    return build_backbone(
-        NATIsotropic, variant, pretrained, config, checkpoint_filter=checkpoint_filter, out_indices=3, **kwargs
-    )
+    kwargs.setdefault("out_indices", 3)  # timm's isotropic default (the last 3 blocks); the caller's wins
+    return build_backbone(NATIsotropic, variant, pretrained, config, checkpoint_filter=checkpoint_filter, **kwargs)
 
 
 _S = {"embed_dim": 384, "num_heads": 12}

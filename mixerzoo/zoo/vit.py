@@ -297,9 +297,8 @@ PRETRAINED: dict[str, dict[str, Any]] = {
 
 
 def _create(variant: str, pretrained: bool, config: ViTConfig, **kwargs: Any) -> VisionTransformer:
-    return build_backbone(
-        VisionTransformer, variant, pretrained, config, checkpoint_filter=checkpoint_filter, out_indices=3, **kwargs
-    )
+    kwargs.setdefault("out_indices", 3)  # timm's isotropic default (the last 3 blocks); the caller's wins
+    return build_backbone(VisionTransformer, variant, pretrained, config, checkpoint_filter=checkpoint_filter, **kwargs)
 
 
 @register_backbone(PRETRAINED, checkpoint_filter=checkpoint_filter)
