@@ -116,7 +116,8 @@ class NeighborhoodAttention(nn.Module):
         if (ph > 0 or pw > 0) and self.small_input == "error":
             raise ValueError(
                 f"neighborhood attention needs H, W >= kernel_size * dilation = {limit}, got H={H}, W={W}; "
-                "use a larger input or small_input='pad_mask'"
+                "use a larger input, or small_input='pad_mask' (the NAT/DiNAT default; a model kwarg: "
+                "mixerzoo.create_model(name, small_input='pad_mask'), timm's --model-kwargs small_input=pad_mask)"
             )
         if ph > 0 or pw > 0:
             x = F.pad(x, (0, 0, 0, pw, 0, ph))

@@ -16,8 +16,10 @@ Differences from the original, and why:
   Numerics are the official ones: NAT's tokenizer has no activation between its two convs, LayerNorm eps
   1e-5, layer scale only where the variant has it (NAT-S/B, DiNAT-B).
 * ``forward_features`` returns ``[B, C, H, W]`` (the original keeps NHWC internally; so do we).
-* Inputs below ``kernel_size × dilation`` at some stage raise a clear ``ValueError``;
-  ``small_input="pad_mask"`` pads and masks instead (``"pad"``: NATTEN 0.14's unmasked padding).
+* Maps below ``kernel_size × dilation`` at some stage (fine-tuning at 64–128 px) are zero-padded and the
+  padding masked out of every softmax (``small_input="pad_mask"``, the default: identical outputs wherever
+  the map is large enough, so official parity is unchanged); ``small_input="error"`` raises instead, as
+  NATTEN ≥ 0.15 does, and ``"pad"`` is NATTEN 0.14's unmasked padding.
 * ``out_norms=True`` adds the per-output LayerNorms of the official detection/segmentation backbones
   (``norm0``..``norm3``), applied to every output of :meth:`NAT.forward_intermediates`.
 * Mixers are registry plugins (``mixers=``): any nhwc/nchw/nlc token mixer can replace ``neighborhood``.
@@ -73,7 +75,7 @@ class NATConfig:
     layer_scale_init: float | None = None
     stem: str = "conv"  # "conv": NAT's two 3×3 s2 convs; "patch": DiNAT_s's 4×4 s4 patchify
     downsample: str = "conv"  # "conv": NAT's 3×3 s2 conv + LN; "merge": Swin patch merging (DiNAT_s)
-    small_input: str = "error"
+    small_input: str = "pad_mask"  # maps below kernel_size × dilation: pad and mask ("error": raise)
     out_norms: bool = False
 
     def __post_init__(self) -> None:
@@ -223,7 +225,7 @@ class NAT(nn.Module):
         layer_scale_init: float | None = None,
         stem: str = "conv",
         downsample: str = "conv",
-        small_input: str = "error",
+        small_input: str = "pad_mask",
         out_norms: bool = False,
         *,
         in_chans: int = 3,

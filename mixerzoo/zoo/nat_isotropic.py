@@ -16,7 +16,8 @@ Differences from the original, and why:
   token, pre-norm blocks (LayerNorm eps 1e-5), DiNAT-iso alternating dilation 1 and 2, head = LayerNorm on
   every token → mean → Linear.
 * Any input size: the official model reshapes to the 224² grid (14×14) and so accepts only 224²; here NA
-  needs only ``H/16, W/16 ≥ kernel_size × dilation`` (smaller inputs raise, or ``small_input="pad_mask"``).
+  needs ``H/16, W/16 ≥ kernel_size × dilation``; smaller maps are padded and masked (``small_input="pad_mask"``,
+  the default; identical outputs above the limit) or raise with ``small_input="error"``.
   ViT-rpb's global attention indexes its ``(2L−1)²`` bias table by the key−query offset, so any grid up
   to the trained ``L×L`` (14×14) works; the official ``relative_position_index`` buffer (the same index,
   for L×L only) is checked by the filter and not stored.
@@ -74,7 +75,7 @@ class NATIsotropicConfig:
     dilation: int = 1  # odd blocks (1, 3, ...) use it, even blocks use 1 (DiNAT-iso: 2)
     rpb_size: int = 14  # attention_rpb: largest token grid side L (bias table (2L-1)²)
     mlp_ratio: float = 4.0
-    small_input: str = "error"
+    small_input: str = "pad_mask"  # maps below kernel_size × dilation: pad and mask ("error": raise)
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -203,7 +204,7 @@ class NATIsotropic(nn.Module):
         dilation: int = 1,
         rpb_size: int = 14,
         mlp_ratio: float = 4.0,
-        small_input: str = "error",
+        small_input: str = "pad_mask",
         *,
         in_chans: int = 3,
         num_classes: int = 1000,

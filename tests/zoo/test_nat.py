@@ -126,12 +126,27 @@ def test_any_size_above_the_limit(size) -> None:
 
 
 def test_small_input_clear_error_or_pad_mask() -> None:
-    model = mixerzoo.create_model("test_dinat").eval()
-    with pytest.raises(ValueError, match=r"kernel_size \* dilation = 12, got H=16, W=8"):
+    model = mixerzoo.create_model("test_dinat", small_input="error").eval()
+    with pytest.raises(ValueError, match=r"kernel_size \* dilation = 12, got H=16, W=8.*small_input='pad_mask'"):
         model(torch.randn(1, 3, 64, 32))
     padded = mixerzoo.create_model("test_dinat", small_input="pad_mask").eval()
     with torch.no_grad():
         assert torch.isfinite(padded(torch.randn(1, 3, 64, 32))).all()
+
+
+@pytest.mark.parametrize("name", ["test_nat", "test_dinat", "test_dinat_s"])
+def test_small_input_pad_mask_is_the_default_for_fine_tuning(name: str) -> None:
+    """Fine-tuning at small sizes works by default; above the limit the default changes nothing."""
+    model = mixerzoo.create_model(name, num_classes=3)
+    assert all(m.small_input == "pad_mask" for m in model.modules() if hasattr(m, "small_input"))
+    out = model(torch.randn(2, 3, 32, 40))  # every stage below kernel_size × dilation
+    out.sum().backward()
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    strict = mixerzoo.create_model(name, num_classes=3, small_input="error").eval()
+    strict.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, *model.pretrained_cfg["input_size"][1:])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), strict(x), rtol=0, atol=0)
 
 
 def test_features_and_out_norms() -> None:

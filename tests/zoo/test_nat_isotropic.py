@@ -116,7 +116,7 @@ def test_any_size_above_the_limit(size) -> None:
 
 
 def test_small_input_and_rpb_grid_limits() -> None:
-    model = mixerzoo.create_model("test_nat_isotropic").eval()
+    model = mixerzoo.create_model("test_nat_isotropic", small_input="error").eval()
     with pytest.raises(ValueError, match=r"kernel_size \* dilation = 6, got H=5, W=8"):
         model(torch.randn(1, 3, 20, 32))
     with pytest.raises(ValueError, match=r"token grid 9×8 exceeds rpb_size=8"):
