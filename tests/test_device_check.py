@@ -72,7 +72,7 @@ def test_dry_run_report(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "device-check.sh"), "--dry-run", str(tmp_path),
-                           "--budget", "60"], capture_output=True, text=True, env=env, timeout=160)
+                           "--budget", "40"], capture_output=True, text=True, env=env, timeout=160)
     report_path = tmp_path / "device-report.json"
     assert report_path.exists(), f"no report (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(report_path.read_text())
