@@ -209,7 +209,9 @@ def bench(fn: Callable[[], Any], dev: str, *, max_s: float = 1.0, min_reps: int 
 
 @contextlib.contextmanager
 def forced_impl(which: str | None) -> Iterator[None]:
-    """Make every kernel op called with ``impl="auto"`` run ``which`` where the op has it (else stay auto).
+    """Make every kernel op called with ``impl="auto"`` prefer ``which``: it moves to the front of the op's
+    candidates, so it runs wherever it supports the inputs and ``auto``'s usual fallback (with its reason in
+    ``explain()``) applies where it does not (e.g. fp32 heads wider than a Triton kernel takes).
 
     Patches ``resolve_impl`` where the op modules bound it, so models need no per-module ``impl`` plumbing.
     """
@@ -227,8 +229,8 @@ def forced_impl(which: str | None) -> Iterator[None]:
     orig = _dispatch.resolve_impl
 
     def patched(op, impl, candidates):  # noqa: ANN001, ANN202
-        if impl in (None, "auto") and which in [n for n, _ in candidates]:
-            impl = which
+        if impl in (None, "auto"):
+            candidates = sorted(candidates, key=lambda c: c[0] != which)  # stable: the rest keep their order
         return orig(op, impl, candidates)
 
     mods = [m for name, m in list(sys.modules.items())
@@ -395,6 +397,12 @@ KERNEL_CASES: dict[str, tuple[Callable, list[dict]]] = {
          "dry": 1},
         {"id": "bf16_11x12_k5_d2", "hw": (11, 12), "ks": 5, "dil": 2, "heads": 1, "hd": 32, "dtype": "bfloat16",
          "dry": 1},
+        {"id": "bf16_56x56_k7_d8_h2_rpb_B2", "B": 2, "hw": (56, 56), "ks": 7, "dil": 8, "heads": 2, "hd": 32,
+         "dtype": "bfloat16", "rpb": 1},
+        {"id": "bf16_28x28_k7_h4_rpb_B2", "B": 2, "hw": (28, 28), "ks": 7, "heads": 4, "hd": 32,
+         "dtype": "bfloat16", "rpb": 1},
+        {"id": "bf16_30x31_k11_hd64_rpb", "hw": (30, 31), "ks": 11, "heads": 2, "hd": 64, "dtype": "bfloat16",
+         "rpb": 1},
         {"id": "fp32_9x11_k3x5_d2x1_rpb", "hw": (9, 11), "ks": (3, 5), "dil": (2, 1), "heads": 2, "hd": 16,
          "dtype": "float32", "rpb": 1},
         {"id": "fp32_15x14_k13_rpb", "hw": (15, 14), "ks": 13, "heads": 1, "hd": 16, "dtype": "float32", "rpb": 1},
@@ -402,30 +410,24 @@ KERNEL_CASES: dict[str, tuple[Callable, list[dict]]] = {
          "dtype": "float16"},
         {"id": "fp16_10x9_k3_d3_hd24_rpb", "hw": (10, 9), "ks": 3, "dil": 3, "heads": 1, "hd": 24,
          "dtype": "float16", "rpb": 1},
-        {"id": "bf16_56x56_k7_d8_h2_rpb_B2", "B": 2, "hw": (56, 56), "ks": 7, "dil": 8, "heads": 2, "hd": 32,
-         "dtype": "bfloat16", "rpb": 1},
-        {"id": "bf16_28x28_k7_h4_rpb_B2", "B": 2, "hw": (28, 28), "ks": 7, "heads": 4, "hd": 32,
-         "dtype": "bfloat16", "rpb": 1},
         {"id": "fp16_7x7_k7_h16_rpb", "hw": (7, 7), "ks": 7, "heads": 16, "hd": 32, "dtype": "float16", "rpb": 1},
         {"id": "fp32_17x23_k5_d3_hd32", "hw": (17, 23), "ks": 5, "dil": 3, "heads": 2, "hd": 32, "dtype": "float32"},
-        {"id": "bf16_30x31_k11_hd64_rpb", "hw": (30, 31), "ks": 11, "heads": 2, "hd": 64, "dtype": "bfloat16",
-         "rpb": 1},
     ]),
     "routed": (_routed_problem, [
         {"id": "fp32_gH_mask", "B": 2, "R": 5, "T": 5, "H": 2, "D": 16, "K": 3, "G": 2, "mask": 1,
          "dtype": "float32", "dry": 1},
         {"id": "bf16_g1_mask_odd_dims", "R": 5, "T": 5, "H": 2, "D": 24, "Dv": 20, "K": 3, "mask": 1,
          "dtype": "bfloat16", "dry": 1},
-        {"id": "fp32_all_regions_T4", "R": 4, "T": 4, "H": 2, "D": 16, "K": 4, "dtype": "float32"},
-        {"id": "fp16_gH_strided", "R": 5, "T": 5, "H": 2, "D": 16, "K": 3, "G": 2, "strided": 1,
-         "dtype": "float16"},
-        {"id": "bf16_gH_T20", "R": 3, "T": 20, "H": 2, "D": 16, "K": 2, "G": 2, "dtype": "bfloat16"},
         {"id": "bf16_biformer_s1_B2", "B": 2, "R": 49, "T": 64, "H": 2, "D": 32, "K": 1, "dtype": "bfloat16",
          "scale": 64**-0.5},
         {"id": "fp16_biformer_s2_mask", "B": 2, "R": 49, "T": 16, "H": 4, "D": 32, "K": 4, "mask": 1,
          "dtype": "float16", "scale": 128**-0.5},
         {"id": "bf16_biformer_s3", "B": 2, "R": 49, "T": 4, "H": 8, "D": 32, "K": 16, "dtype": "bfloat16",
          "scale": 256**-0.5},
+        {"id": "fp32_all_regions_T4", "R": 4, "T": 4, "H": 2, "D": 16, "K": 4, "dtype": "float32"},
+        {"id": "fp16_gH_strided", "R": 5, "T": 5, "H": 2, "D": 16, "K": 3, "G": 2, "strided": 1,
+         "dtype": "float16"},
+        {"id": "bf16_gH_T20", "R": 3, "T": 20, "H": 2, "D": 16, "K": 2, "G": 2, "dtype": "bfloat16"},
         {"id": "bf16_hd128_T9", "R": 9, "T": 9, "H": 1, "D": 128, "K": 3, "dtype": "bfloat16"},
     ]),
     "linear": (_linear_problem, [
@@ -433,6 +435,10 @@ KERNEL_CASES: dict[str, tuple[Callable, list[dict]]] = {
          "dtype": "float32", "dry": 1},
         {"id": "focused_bf16_p2.5_odd", "N": 70, "M": 131, "H": 2, "D": 12, "Dv": 20, "kernel": "focused",
          "p": 2.5, "dtype": "bfloat16", "dry": 1},
+        {"id": "focused_bf16_swin_s1_B2", "B": 2, "N": 3136, "H": 3, "D": 32, "Dv": 32, "kernel": "focused",
+         "dtype": "bfloat16"},
+        {"id": "focused_fp16_pvt_s1_sr", "B": 2, "N": 3136, "M": 49, "H": 1, "D": 64, "Dv": 64,
+         "kernel": "focused", "dtype": "float16"},
         {"id": "focused_fp16", "B": 2, "N": 40, "M": 23, "H": 2, "D": 16, "Dv": 8, "kernel": "focused",
          "dtype": "float16"},
         {"id": "relu_fp32", "B": 2, "N": 40, "M": 23, "H": 2, "D": 16, "Dv": 8, "kernel": "relu",
@@ -440,10 +446,6 @@ KERNEL_CASES: dict[str, tuple[Callable, list[dict]]] = {
         {"id": "elu_bf16", "B": 2, "N": 40, "M": 23, "H": 2, "D": 16, "Dv": 8, "kernel": "elu", "dtype": "bfloat16"},
         {"id": "identity_fp16", "B": 2, "N": 40, "M": 23, "H": 2, "D": 16, "Dv": 8, "kernel": "identity",
          "dtype": "float16"},
-        {"id": "focused_bf16_swin_s1_B2", "B": 2, "N": 3136, "H": 3, "D": 32, "Dv": 32, "kernel": "focused",
-         "dtype": "bfloat16"},
-        {"id": "focused_fp16_pvt_s1_sr", "B": 2, "N": 3136, "M": 49, "H": 1, "D": 64, "Dv": 64,
-         "kernel": "focused", "dtype": "float16"},
     ]),
 }
 
@@ -712,9 +714,10 @@ def job_families(frag: Fragment, dry: bool) -> None:
                 params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
                 pick = [params[0], params[len(params) // 2], params[-1]]
                 rec["img_size"] = size
-                # what auto picks (no forcing), and explain() of every op it called
+                # what auto picks (no forcing) in the training dtype (bf16 autocast on the GPU), and explain()
                 explain_all(reset=True)
-                with torch.no_grad():
+                with torch.no_grad(), (torch.autocast(dev, dtype=torch.bfloat16) if not dry
+                                       else contextlib.nullcontext()):
                     model(x)
                 rec["explain_auto"] = explain_all(reset=True)
                 called = {op for op in rec["explain_auto"] if op in triton_op_names}
@@ -726,10 +729,12 @@ def job_families(frag: Fragment, dry: bool) -> None:
                     amp = dt == "bfloat16"
                     res = {}
                     for impl in ("torch", "triton"):
+                        explain_all(reset=True)
                         with forced_impl(impl):
                             logits = _fwd_bwd(model, x, w, amp, dev)
                         res[impl] = (logits, [p.grad.detach().float().clone() if p.grad is not None else None
                                               for _, p in pick])
+                        rec.setdefault("explain_forced", {})[f"{dt}/{impl}"] = explain_all(reset=True)
                     cmp = {"logits": tol.rel_rmse(res["triton"][0], res["torch"][0])}
                     for (pname, _), ga, gb in zip(pick, res["triton"][1], res["torch"][1]):
                         cmp[f"grad:{pname}"] = None if ga is None or gb is None else tol.rel_rmse(ga, gb)
@@ -740,7 +745,6 @@ def job_families(frag: Fragment, dry: bool) -> None:
                             failures.append(f"{dt} {k}: rel-RMSE {v} > {lim}")
                     if not torch.isfinite(res["triton"][0]).all():
                         failures.append(f"{dt}: non-finite logits with triton")
-                rec["explain_forced"] = explain_all(reset=True)
                 rec["ok"] = not failures
                 rec["msg"] = "; ".join(failures)
                 del model
