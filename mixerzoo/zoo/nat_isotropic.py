@@ -132,7 +132,8 @@ class AttentionRPB(nn.Module):
         N = H * W
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(H, W).unsqueeze(0).to(q.dtype))
-        out = export_contiguous(out)  # one layout for torch.export and the ONNX exporter's decompositions
+        if not torch.jit.is_scripting():  # TorchScript cannot compile torch.compiler.is_exporting()
+            out = export_contiguous(out)  # one layout for torch.export and the ONNX exporter's decompositions
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
 
