@@ -38,6 +38,8 @@ IMPLS: tuple[str, ...] = ("auto", "reference", "torch", "triton")
 ENV_VAR = "MIXERZOO_KERNEL_IMPL"
 
 _log = logging.getLogger("mixerzoo.kernels")
+# torch.fx symbolic tracing and make_fx (``is_fx_tracing`` itself logs a warning on every positive call)
+_fx_tracing = getattr(_fx_trace, "is_fx_symbolic_tracing", _fx_trace.is_fx_tracing)
 _last: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
 
 
@@ -60,7 +62,7 @@ def tracing() -> bool:
     """
     if torch.jit.is_scripting():
         return False
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _fx_trace.is_fx_tracing()
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _fx_tracing()
 
 
 def export_contiguous(t: torch.Tensor) -> torch.Tensor:
