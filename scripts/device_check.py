@@ -1271,6 +1271,10 @@ def run_job(job: str, dry: bool, tmp: Path, budget: float, deadline: float | Non
             job_sanitizer(frag, dry, tmp)
         elif job == "sanitize-cases":
             job_sanitize_cases(frag, dry)
+        elif job == "_crash":  # self-tests of the driver: a job whose process dies, and one that passes
+            os._exit(3)
+        elif job == "_noop":
+            frag.add({"id": "noop", "ok": True})
         else:
             raise ValueError(f"--job {job!r} is not a job")
     except Exception as err:  # noqa: BLE001 - recorded; the driver decides the part's status
@@ -1343,41 +1347,45 @@ def _child_env(dry: bool) -> dict[str, str]:
 
 
 def _spawn(jobs: list[tuple[str, float]], dry: bool, tmp: Path, timeout: float, logf) -> tuple[int | None, bool]:  # noqa: ANN001
+    """Run ``jobs`` in one child process, echoing its output (unbuffered, also to ``logf``); kill its whole
+    process group at ``timeout``. Returns (exit status or None when killed, timed out)."""
+    import selectors  # noqa: PLC0415
+
     cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--tmp", str(tmp),
            "--job", ",".join(j for j, _ in jobs), "--budget", ",".join(f"{b:.1f}" for _, b in jobs),
            "--deadline", f"{time.time() + timeout - GRACE_S:.1f}"]
     if dry:
         cmd.append("--dry-run")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env(dry),
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(dry),
                             cwd=str(ROOT), start_new_session=True)
-    deadline = time.monotonic() + timeout
-    timed_out = False
-    import selectors  # noqa: PLC0415
-
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    exited_at = None
+    timed_out = False
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = proc.poll() is None
             break
-        if sel.select(timeout=min(left, 1.0)):
-            line = proc.stdout.readline()
-            if not line:
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > 3:  # a grandchild holds the pipe: stop reading
+            break
+        if sel.select(timeout=0.5):
+            chunk = os.read(fd, 65536)  # whatever is there: partial lines never block the pump
+            if not chunk:
                 break
-            sys.stdout.write(line)
+            text = chunk.decode("utf-8", "replace")
+            sys.stdout.write(text)
             sys.stdout.flush()
-            logf.write(line)
+            logf.write(text)
             logf.flush()
-        elif proc.poll() is not None:
-            break
-    rest = proc.stdout.read() if not timed_out else ""
-    if rest:
-        sys.stdout.write(rest)
-        logf.write(rest)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, 9)  # the child's whole group: compute-sanitizer, data-loader workers, ...
     proc.wait()
+    proc.stdout.close()
     return (None if timed_out else proc.returncode), timed_out
 
 
@@ -1392,12 +1400,14 @@ def _groups(jobs: list[tuple[str, float]], dry: bool) -> list[list[str]]:
     return ([first] if first else []) + [[n] for n in names if n not in first]
 
 
-def drive(out_dir: Path, dry: bool, total_budget: float, only: list[str] | None) -> dict[str, Any]:
+def drive(out_dir: Path, dry: bool, total_budget: float, only: list[str] | None,
+          jobs: list[tuple[str, float]] | None = None) -> dict[str, Any]:
+    """Run ``jobs`` (default: :func:`plan`) in child processes within ``total_budget`` seconds; write the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     started = _now()
     tmp = Path(tempfile.mkdtemp(prefix="mixerzoo-devcheck-"))
-    jobs = plan(dry, only)
+    jobs = jobs if jobs is not None else plan(dry, only)
     budgets = dict(jobs)
     log(f"{'dry run (CPU, TRITON_INTERPRET=1)' if dry else 'GPU run'}: {len(jobs)} jobs, budget {total_budget:.0f}s, "
         f"report -> {out_dir}")
@@ -1606,11 +1616,15 @@ def main(argv: list[str] | None = None) -> int:
         names = args.job.split(",")
         budgets = [float(b) for b in (args.budget or "60").split(",")]
         budgets += [budgets[-1]] * (len(names) - len(budgets))
+        if names == ["_hang"]:  # self-test of the driver's timeout: a partial line, then nothing
+            print("hanging without a newline", end="", flush=True)
+            time.sleep(3600)
         rc = 0
         t0 = time.monotonic()
-        import torch  # noqa: F401, PLC0415 - start-up (imports, registries) is not charged to the first job
+        if not all(n.startswith("_") for n in names):
+            import torch  # noqa: F401, PLC0415 - start-up (imports, registries) is not charged to the first job
 
-        import mixerzoo.zoo  # noqa: F401, PLC0415
+            import mixerzoo.zoo  # noqa: F401, PLC0415
 
         log(f"child ready in {time.monotonic() - t0:.1f}s: {', '.join(names)}")
         for i, (name, b) in enumerate(zip(names, budgets)):

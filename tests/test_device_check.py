@@ -65,6 +65,27 @@ def test_bad_budget_is_a_one_line_error(tmp_path: Path) -> None:
     assert proc.stderr.strip() == "device_check: error: --budget must be a number of seconds, got 'x'"
 
 
+def test_a_hanging_child_is_killed_at_its_deadline(tmp_path: Path) -> None:
+    """The driver's pump never blocks on a partial line and kills the child's process group on time."""
+    with open(tmp_path / "log", "w") as logf:
+        t0 = dc.time.monotonic()
+        rc, timed_out = dc._spawn([("_hang", 1.0)], True, tmp_path, 3.0, logf)
+        took = dc.time.monotonic() - t0
+    assert (rc, timed_out) == (None, True)
+    assert took < 10
+    assert (tmp_path / "log").read_text() == "hanging without a newline"
+
+
+def test_a_crashing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    """A job whose process dies is reported as an error; the jobs after it run in a fresh process."""
+    report = dc.drive(tmp_path, True, 60.0, None, jobs=[("_crash", 5.0), ("_noop", 5.0)])
+    assert report["parts"]["_crash"]["status"] == "error"
+    assert "exited rc=3" in report["parts"]["_crash"]["error"]
+    assert report["parts"]["_noop"]["status"] == "ok"
+    assert report["summary"]["ok"] is False and report["summary"]["failed"] == ["_crash:error"]
+    assert dc.validate_report(json.loads((tmp_path / "device-report.json").read_text())) == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(170)
 def test_dry_run_report(tmp_path: Path) -> None:
