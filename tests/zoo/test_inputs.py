@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -23,9 +26,18 @@ NAN = math.nan
 
 
 def _config_fields(name: str) -> dict[str, object]:
-    """The tiny variant's own config values (a meta build records them in ``_model_args``)."""
-    model = mixerzoo.create_model(name, device="meta")
-    return dict(getattr(model, "_model_args", {}))
+    """The tiny variant's own config (captured from its ``build_backbone`` call; nothing is built)."""
+    entry = get_entry(name)
+    module = importlib.import_module(entry.fn.__module__)
+    seen: dict[str, object] = {}
+
+    def capture(model_cls: type, variant: str, pretrained: bool, config: object, **kwargs: object) -> None:
+        seen.update({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+    with mock.patch.object(module, "build_backbone", capture):
+        entry.fn(pretrained=False)
+    assert seen, name
+    return seen
 
 
 def _cases() -> list:
@@ -37,7 +49,7 @@ def _cases() -> list:
             bad_int[rate] = [-1, NAN, HUGE, 1.0, "0.1", math.inf]
         for key in ("patch_size", "depth", "embed_dim"):
             if key in fields:
-                bad_int[key] = [0, -1, NAN, HUGE, str(fields[key]), None]
+                bad_int[key] = [0, -1, NAN, HUGE, str(fields[key]), [fields[key]]]  # (None = timm default)
         for key in ("depths", "dims", "widths"):
             if key in fields:
                 seq = tuple(fields[key])
