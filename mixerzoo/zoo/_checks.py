@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_SIZE", "check_input", "check_model_args", "image_size"]
+__all__ = ["MAX_SIZE", "check_input", "check_model_args", "image_size", "refuse_scripting"]
 
 MAX_SIZE = 1 << 24  # sanity bound on every count/size argument (classes, channels, widths, depths, patch sizes)
 
@@ -128,6 +128,15 @@ def check_input(model: torch.nn.Module, x: Any) -> None:
             f"{_name(model)} expects input of shape (B, C, H, W) with C={getattr(model, 'in_chans', '?')}, "
             f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
         )
+
+
+def refuse_scripting(model: torch.nn.Module) -> None:
+    """For ``__prepare_scriptable__`` of models whose mixers dispatch kernels in Python: ``torch.jit.script`` fails
+    with one line naming the model and the alternatives, not a TorchScript frontend error deep in a mixer."""
+    raise RuntimeError(
+        f"{_name(model)} cannot be compiled by torch.jit.script (its mixers dispatch kernels in Python); "
+        "use torch.jit.trace, torch.compile or torch.export instead"
+    )
 
 
 def _name(model: torch.nn.Module) -> str:

@@ -44,7 +44,7 @@ from mixerzoo.zoo._blocks import (
     trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input, image_size
+from mixerzoo.zoo._checks import check_input, image_size, refuse_scripting
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenPVTv2", "FLattenPVTv2Config", "checkpoint_filter"]
@@ -205,6 +205,10 @@ class FLattenPVTv2(nn.Module):
         init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
+        return self
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

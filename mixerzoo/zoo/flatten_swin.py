@@ -46,7 +46,7 @@ from mixerzoo.zoo._blocks import (
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input, image_size
+from mixerzoo.zoo._checks import check_input, image_size, refuse_scripting
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenSwin", "FLattenSwinConfig", "checkpoint_filter"]
@@ -200,6 +200,10 @@ class FLattenSwin(nn.Module):
         init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
+        return self
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

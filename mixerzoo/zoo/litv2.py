@@ -49,7 +49,7 @@ from mixerzoo.zoo._blocks import (
 )
 from mixerzoo.zoo._blocks import fused_cpu_inference as _fused_inference
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._checks import check_input, refuse_scripting
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["LITv2", "LITv2Config", "checkpoint_filter", "deform_conv2x2_nhwc"]
@@ -367,6 +367,10 @@ class LITv2(nn.Module):
         init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
+        return self
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -29,3 +29,16 @@ def test_jit_trace_matches_eager(name: str) -> None:
         traced = torch.jit.trace(model, torch.randn(1, *size), check_trace=False)
         x = torch.randn(2, *size)  # another batch size: nothing may have fixed it
         torch.testing.assert_close(traced(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+NOT_SCRIPTABLE = ["test_litv2", "test_flatten_swin", "test_flatten_pvt", "test_flatten_pvt_v2", "test_flatten_cswin"]
+
+
+@pytest.mark.parametrize("name", NOT_SCRIPTABLE)
+def test_jit_script_refuses_with_one_line(name: str) -> None:
+    model = mixerzoo.create_model(name, device="meta")
+    with pytest.raises(RuntimeError) as err, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(model)
+    msg = str(err.value)
+    assert f"mz_{name}" in msg and "torch.jit.trace" in msg and "\n" not in msg, msg
