@@ -76,11 +76,8 @@ def test_torchvision_create_feature_extractor_with_timm_leaves(name: str) -> Non
 
     model = timm.create_model(name).eval()
     stages = [info["module"] for info in model.feature_info]
-    extractor = create_feature_extractor(
-        model,
-        return_nodes={stage: stage for stage in stages},
-        tracer_kwargs={"leaf_modules": list(get_notrace_modules()), "autowrap_functions": list(get_notrace_functions())},
-    )
+    leaves = {"leaf_modules": list(get_notrace_modules()), "autowrap_functions": list(get_notrace_functions())}
+    extractor = create_feature_extractor(model, return_nodes={stage: stage for stage in stages}, tracer_kwargs=leaves)
     x = _input(model)
     with torch.no_grad():
         got = extractor(x)

@@ -14,8 +14,9 @@ K/V and its gradients, independent of ``K`` and of the number of regions.
 Padding keys get an additive ``-inf`` mask; a query whose routed keys are all padding attends to every
 routed key (finite maths) and is zeroed afterwards (output and gradients), as the reference defines it.
 
-While a tracer records the call (``torch.compile``, ``torch.export``/ONNX, ``torch.jit.trace``, ``torch.fx``), off CPU, and when ``Dv != D`` (CPU flash needs one head size) the whole-tensor
-formulation (one gather + SDPA, autograd by PyTorch) is used instead.
+While a tracer records the call (``torch.compile``, ``torch.export``/ONNX, ``torch.jit.trace``, ``torch.fx``), off
+CPU, and when ``Dv != D`` (CPU flash needs one head size) the whole-tensor formulation (one gather + SDPA, autograd by
+PyTorch) is used instead.
 """
 
 from __future__ import annotations
