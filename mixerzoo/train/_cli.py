@@ -27,7 +27,8 @@ _EPILOG = ("Defaults shown are the base (DeiT/PoolFormer) recipe; per-family, fi
            "then --config, then flags override them (see mixerzoo.train.recipe). The resolved recipe is written to "
            "<output>/recipe.json.")
 _EVAL_FIELDS = {"model", "data", "val_data", "val_split", "num_classes", "in_chans", "img_size", "crop_pct",
-                "interpolation", "batch_size", "workers", "amp", "device", "seed", "quiet"}
+                "interpolation", "batch_size", "workers", "amp", "device", "seed", "quiet",
+                "mixers", "mixer_options", "model_args"}
 
 
 def _echo(line: str) -> None:
@@ -51,6 +52,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser, only: set[str] | None = None) 
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "model_args":  # key=value ... (repeatable); parsed by mixerzoo.spec.parse_model_args
+            p.add_argument(flag, nargs="+", action="extend", metavar="KEY=VALUE", **kw)
         elif f.metadata.get("nargs"):
             p.add_argument(flag, nargs=f.metadata["nargs"], metavar=("LO", "HI"), **kw)
         else:

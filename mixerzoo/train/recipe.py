@@ -17,7 +17,7 @@ import fnmatch
 import math
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,16 @@ class Recipe:
     drop_path: float | None = _f(None, "stochastic depth rate (default: per model family)")
     drop_rate: float = _f(0.0, "dropout before the classifier")
     freeze_stages: int = _f(0, "fine-tuning: freeze the stem and the first N stages (group_matcher groups)")
+    # the model spec (mixerzoo.spec.ModelSpec): checked on the meta device before any data is read
+    mixers: str | list[str] | None = _f(None, "token mixers: one name for every stage, or one per stage "
+                                              "(A,B,C,D); built-in or third-party (see `mixerzoo list mixers`)",
+                                        spec=True)
+    mixer_options: dict[str, Any] | list[dict[str, Any]] | None = _f(
+        None, "mixer options: JSON (an object, or one per stage), or key=value[,key=value] with ';' between "
+              "stages, e.g. ';;kernel_size=5;n_win=2,topk=2'", spec=True)
+    model_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "architecture overrides of the family's config: key=value ... (values are JSON literals), e.g. "
+                "depths=[1,1,2,1] dims=[32,64,96,128]", "spec": True})
     # data
     data: str = _f("digits", "'digits' (bundled, no download), an ImageFolder directory, or a .csv/.json manifest")
     val_data: str | None = _f(None, "separate validation source (default: the data's own val split)")
@@ -114,12 +124,22 @@ class Recipe:
     log_every: int = _f(20, "write a step record to metrics.jsonl every N steps")
     save_model: bool = _f(True, "save the final model as a hub folder (<output>/model)")
     quiet: bool = _f(False, "no progress bars (for scripts)")
+    # False for `eval`: the optimizer keys are not used, so their cross-checks (min_lr <= lr) are skipped
+    check_optimizer: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
-        self.validate()
+    def __post_init__(self, check_optimizer: bool = True) -> None:
+        from mixerzoo.spec import parse_mixer_options, parse_mixers, parse_model_args
 
-    def validate(self) -> None:
-        """Raise RecipeError naming the field and value for values that can never work (see :data:`RANGES`)."""
+        self.mixers = parse_mixers(self.mixers)
+        self.mixer_options = parse_mixer_options(self.mixer_options)
+        self.model_args = parse_model_args(self.model_args)
+        self.validate(check_optimizer=check_optimizer)
+
+    def validate(self, *, check_optimizer: bool = True) -> None:
+        """Raise RecipeError naming the field and value for values that can never work (see :data:`RANGES`).
+
+        ``check_optimizer=False`` (``eval``) skips the checks between optimizer keys, which eval does not use.
+        """
         for name, rng in RANGES.items():
             rng.check(name, getattr(self, name))
         for name in ("scale", "ratio"):
@@ -139,7 +159,7 @@ class Recipe:
         if self.amp not in ("auto", "bf16", "none"):
             raise RecipeError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
         lr = self.resolved_lr()
-        if self.min_lr > lr:
+        if check_optimizer and self.min_lr > lr:
             given = "lr" if self.lr is not None else "lr_base * batch_size / lr_base_size"
             raise RecipeError(f"min_lr={self.min_lr!r} is above the learning rate {lr:.4g} ({given}); "
                               "lower --min-lr or raise --lr")
@@ -150,6 +170,14 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def spec(self) -> Any:
+        """The :class:`mixerzoo.spec.ModelSpec` of this recipe (model, mixers, mixer_options, model_args)."""
+        from mixerzoo.spec import ModelSpec
+
+        if not self.model:
+            raise RecipeError("model: no model given (use --model NAME, e.g. --model test_poolformer)")
+        return ModelSpec.parse(self.model, self.mixers, self.mixer_options, self.model_args)
 
     def resolved_lr(self) -> float:
         """The absolute learning rate: ``lr`` if given, else ``lr_base * batch_size / lr_base_size``."""
@@ -352,14 +380,26 @@ _HINTS: dict[str, Any] | None = None
 def field_types() -> dict[str, Any]:
     global _HINTS
     if _HINTS is None:
-        _HINTS = typing.get_type_hints(Recipe)
+        _HINTS = {k: v for k, v in typing.get_type_hints(Recipe).items() if k in _FIELD_NAMES}
     return _HINTS
+
+
+SPEC_FIELDS = ("mixers", "mixer_options", "model_args")
 
 
 def coerce(name: str, value: Any, where: str = "recipe") -> Any:
     """Check/convert one value for field ``name``; RecipeError naming the key and value on mismatch."""
     if name not in field_types():
         raise _unknown_key(name, where)
+    if name in SPEC_FIELDS:
+        from mixerzoo import spec
+
+        parse = {"mixers": spec.parse_mixers, "mixer_options": spec.parse_mixer_options,
+                 "model_args": spec.parse_model_args}[name]
+        try:
+            return parse(value)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
     tp, optional = _base_type(field_types()[name])
     if value is None:
         if optional:
@@ -446,4 +486,4 @@ def build_recipe(
     if data == "digits":
         values.update(DIGITS_DEFAULTS)
     values.update(explicit)
-    return Recipe(**values)
+    return Recipe(**values, check_optimizer=mode != "eval")
