@@ -5,8 +5,8 @@ counted parameters and GMACs match within 1% and fails for a model without an en
 sets ``no_official_figure`` to a reason.
 
 Units: params in millions; GMACs are multiply-accumulates (what the papers call "FLOPs") at ``img_size``²,
-batch 1. The GMACs compared are the most precise citable figure: the figures "measured" in
-``architectures.md`` §0 (fvcore on the official model code, 2 decimals) where the README rounds to one
+batch 1. The GMACs compared are the most precise citable figure: the figures measured with
+fvcore on the official model code (2 decimals) where the README rounds to one
 decimal; the README figure is kept in ``gmacs_readme`` for display. fvcore counts norm layers (~0.2–0.6%),
 ``torch.utils.flop_counter`` does not: a systematic difference well inside the 1% tolerance.
 """
@@ -39,8 +39,8 @@ class Official:
             )
 
 
-_POOLFORMER = "https://github.com/sail-sg/poolformer (README; params/GMACs measured with fvcore, architectures.md §0)"
-_BIFORMER = "https://github.com/rayleizhu/BiFormer (README; params/GMACs measured with fvcore, architectures.md §0)"
+_POOLFORMER = "https://github.com/sail-sg/poolformer (README; params/GMACs measured with fvcore)"
+_BIFORMER = "https://github.com/rayleizhu/BiFormer (README; params/GMACs measured with fvcore)"
 _LITV2 = "https://github.com/ziplab/LITv2 (README; GMACs from the repo's own counter, which counts the deformable conv)"
 _FLATTEN = "https://github.com/LeapLabTHU/FLatten-Transformer (README top-1; params/GMACs measured with fvcore, §0)"
 _FLATTEN_PVT2 = (
@@ -174,7 +174,7 @@ OFFICIAL: dict[str, Official] = {
     "resnet50_triplet": Official(25.56, 4.169, 77.48, _TRIPLET),
     "mobilenetv2_triplet": Official(3.51, 0.327, 71.99, _TRIPLET, note="k=7; README k=3: 0.322 GMACs, 72.62"),
     # ----------------------------------------------------------------------------------------- ViT
-    # architectures.md §0 lists fvcore's 1.08 / 4.25 / 16.87, which leave out the attention matmuls (fvcore
+    # fvcore on timm's code gives 1.08 / 4.25 / 16.87, which leave out the attention matmuls (fvcore
     # has no handler for scaled_dot_product_attention); timm's own table includes them, as do DeiT's
     # 1.3 / 4.6 / 17.6 GFLOPs (arXiv:2012.12877, Table 1).
     "vit_tiny_patch16_224": Official(5.72, 1.26, 75.452, _TIMM_BENCH, note="augreg_in21k_ft_in1k weights"),

@@ -5,7 +5,7 @@ arXiv:2308.00442. Original code: https://github.com/LeapLabTHU/FLatten-Transform
 Key layout matches the official module (``qkv`` or ``q``+``kv``, ``proj``, ``dwc``, ``scale``,
 ``positional_encoding``, and ``sr``/``norm`` with spatial reduction), so checkpoints load unchanged.
 
-Maths (architectures.md §3.2, the 2024-05-28 form)::
+Maths (FLatten-Transformer ``models/flatten_swin.py``, the 2024-05-28 form)::
 
     k = k + P;  q, k = (ReLU(·) + 1e-6) / softplus(w)      P: per-token (1, n, C); w: (1, 1, C)
     f_p(u) = u^p · ||u|| / ||u^p||   (norms over all C channels, p = focusing_factor)

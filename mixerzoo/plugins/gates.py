@@ -8,7 +8,7 @@ see :mod:`mixerzoo.plugins._contract`. Both gates follow the official code numer
 * Triplet attention — Misra et al., WACV 2021, arXiv:2010.03045;
   https://github.com/LandskapeAI/triplet-attention (commit f07524e4, MIT). Three Z-pool gates.
 
-Shared traps (architectures.md §6.5, §9): the Z-pool concatenates ``[max, mean]`` — max first, although
+Shared traps (both official repositories): the Z-pool concatenates ``[max, mean]`` — max first, although
 the CBAM paper writes ``[avg; max]`` — and the gate BatchNorm has eps 1e-5, momentum 0.01. The official
 ResNets initialise the BN weight of every gate whose key contains ``SpatialGate`` to 0 (so the spatial
 map starts at sigmoid(0) = 0.5) and every other BN weight to 1; these classes do the same

@@ -4,7 +4,8 @@ Paper: "Fast Vision Transformers with HiLo Attention", Pan et al., NeurIPS 2022,
 Original code: https://github.com/ziplab/LITv2 (commit 7501c866), Apache-2.0. Key layout matches the
 official module (``h_qkv``, ``h_proj``, ``l_q``, ``l_kv``, ``l_proj``), so checkpoints load unchanged.
 
-Maths (architectures.md §2.3): heads split ``lo = floor(n·alpha)``, ``hi = n - lo`` (``window_size == 1``:
+Maths (ziplab/LITv2 ``classification/models/attentions.py``): heads split ``lo = floor(n·alpha)``,
+``hi = n - lo`` (``window_size == 1``:
 all heads Lo-Fi, plain MHSA). Hi-Fi: self-attention inside non-overlapping ``s×s`` windows
 (``mixerzoo.kernels.window_attention_2d_qkv`` on the packed projection). Lo-Fi: every token queries
 keys/values projected from the ``s×s`` average-pooled block *input* (SDPA). Output ``concat([hi, lo])`` —

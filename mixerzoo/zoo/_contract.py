@@ -12,7 +12,8 @@ __all__ = ["Backbone"]
 
 @runtime_checkable
 class Backbone(Protocol):
-    """What every mixerzoo model provides (timm 1.0.31's contract; ecosystem.md §1.5, §7).
+    """What every mixerzoo model provides (timm 1.0.31's contract: ``timm/models/_features.py``,
+    ``tests/test_models.py``).
 
     ``feature_info`` is a list of ``dict(num_chs=int, reduction=int, module=str)``, one per stage (or per
     block for isotropic models), with ``module`` a real submodule path.

@@ -437,8 +437,9 @@ def _cfg(**kw: Any) -> dict[str, Any]:
 
 
 PRETRAINED: dict[str, dict[str, Any]] = {
-    # Google Drive releases (.pth.tar pickles, {"state_dict": module.-prefixed keys, ...}); architectures.md
-    # §6.4, §7.4. Drive may answer scripts with an HTML confirmation page: download by hand and pass
+    # Google Drive releases (.pth.tar pickles, {"state_dict": module.-prefixed keys, ...}); the READMEs
+    # of Jongchan/attention-module and LandskapeAI/triplet-attention. Drive may answer scripts with an HTML
+    # confirmation page: download by hand and pass
     # pretrained_cfg_overlay=dict(file=...) (not verified here: no network).
     "resnet50_cbam.orig_in1k": _cfg(url="https://drive.google.com/file/d/1mvAVvhLR_2XY_bPYxh-SEz4vDmGzSArO", **_CBAM),
     "resnet18_triplet.orig_in1k": _cfg(

@@ -312,7 +312,8 @@ class FLattenPVT(nn.Module):
 
 # ------------------------------------------------------------------------------ checkpoint filter
 def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Official FLatten-PVT layout (architectures.md §3.3) → ours; ours passes through.
+    """Official FLatten-PVT layout (LeapLabTHU/FLatten-Transformer ``models/flatten_pvt.py``) → ours; ours passes
+    through.
 
     Every source key is renamed, or dropped for a stated reason, or the call fails.
     """

@@ -333,7 +333,7 @@ _RULES = (
 
 
 def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Official FLatten-PVTv2 / whai362 PVTv2 layout (architectures.md §3.3) → ours (= timm's ``pvt_v2``);
+    """Official FLatten-PVTv2 / whai362 PVTv2 layout (``models/flatten_pvt_v2.py``) → ours (= timm's ``pvt_v2``);
     ours and timm's pass through.
 
     Every source key is renamed by one rule above or the call fails naming it.

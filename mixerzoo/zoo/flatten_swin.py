@@ -342,7 +342,8 @@ _BUFFERS = re.compile(r"\.(relative_position_index|attn_mask)$")
 
 
 def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Official FLatten-Swin / microsoft Swin layout (architectures.md §3.3) → ours (= timm's Swin).
+    """Official FLatten-Swin / microsoft Swin layout (FLatten-Transformer ``models/flatten_swin.py``) → ours
+    (= timm's Swin).
 
     Every source key is renamed, or dropped for a stated reason, or the call fails.
     """

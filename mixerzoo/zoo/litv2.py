@@ -6,7 +6,8 @@ Original code: https://github.com/ziplab/LITv2 (commit 7501c866), Apache-2.0.
 Differences from the original, and why:
 * Deformable token merging is :func:`deform_conv2x2_nhwc` (gathers + one GEMM on channels-last maps, autograd
   by PyTorch): the maths of ``torchvision.ops.deform_conv2d`` and of the official CUDA extension, same (dy, dx)
-  tap-major offset layout (architectures.md §2.6), so no custom build and a fast CPU path (tested against
+  tap-major offset layout (checked against the repo's ``deform_conv2d_naive.py``), so no custom build and a
+  fast CPU path (tested against
   torchvision, forward and gradients).
 * CPU fp32 inference runs each block's MLP sub-layer a few images at a time (same ops, no autograd), see
   ``_mlp_residual_inference``.
@@ -485,7 +486,7 @@ class LITv2(nn.Module):
 
 # ------------------------------------------------------------------------------ checkpoint filter
 def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Map the official ziplab/LITv2 layout (architectures.md §2.4) to ours; ours passes through.
+    """Map the official ziplab/LITv2 layout (``classification/models/litv2.py``) to ours; ours passes through.
 
     Every official key is renamed or the call fails (strict key accounting).
     """

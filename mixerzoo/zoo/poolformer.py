@@ -337,7 +337,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
     if "stem.conv.weight" in sd:  # timm layout (timm/poolformer_*.sail_in1k): already ours
         return sd
     out: dict[str, Tensor] = {}
-    # official: network.{0,2,4,6} are stages, {1,3,5} downsamplers (architectures.md §5.3)
+    # official: network.{0,2,4,6} are stages, {1,3,5} downsamplers (sail-sg/poolformer models/poolformer.py)
     for k, v in sd.items():
         nk = k
         nk = re.sub(r"^patch_embed\.proj\.", "stem.conv.", nk)

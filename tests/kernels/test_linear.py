@@ -70,7 +70,7 @@ def test_reference_matches_brute_force(kernel: str) -> None:
 
 
 def flatten_module_maths(q, k, v, heads, scale_param, pos, p=3.0):  # noqa: ANN001, ANN201
-    """FLatten's FocusedLinearAttention core after its 2024-05 fix (architectures.md §3.2), [B, N, C] in/out."""
+    """FLatten's FocusedLinearAttention core after its 2024-05 fix (models/flatten_swin.py), [B, N, C] in/out."""
     k = k + pos
     sigma = F.softplus(scale_param)
     q = (F.relu(q) + 1e-6) / sigma

@@ -1,6 +1,6 @@
 """The ``bra`` and ``attention_lepe`` mixers against independent references.
 
-``reference_bra`` re-derives BiFormer's legacy BRA (architectures.md §1.3) with an explicit gather:
+``reference_bra`` re-derives BiFormer's legacy BRA (rayleizhu/BiFormer ops/bra_legacy.py) with an explicit gather:
 region partition, region means of q and k, routing logits scaled by the full qk dim, top-k, gathered
 keys/values, softmax attention, LePE conv on the v map, output linear. It is written here from the
 description, not from :mod:`mixerzoo.kernels`.

@@ -12,7 +12,7 @@ from mixerzoo.plugins.focused_linear import resize_positional_encoding
 
 
 def _flatten_reference(m: torch.nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """architectures.md §3.2 (the 2024-05-28 code path), fused-qkv layout, no spatial reduction."""
+    """FLatten-Transformer models/flatten_swin.py (the 2024-05-28 code path), fused-qkv layout, no spatial reduction."""
     B, N, C = x.shape
     nh, d = m.num_heads, m.head_dim
     q, k, v = m.qkv(x).view(B, N, 3, C).unbind(2)

@@ -42,7 +42,7 @@ def test_matches_reference_and_head_split(heads: int, ws: int, alpha: float, lo:
 
 
 def test_official_keys_and_shapes() -> None:
-    m = create_mixer("hilo", 384, num_heads=12, window_size=2, alpha=0.9)  # LITv2-S stage 3 (architectures.md §2.4)
+    m = create_mixer("hilo", 384, num_heads=12, window_size=2, alpha=0.9)  # LITv2-S stage 3 (official litv2.py)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert shapes == {
         "l_q.weight": (320, 384), "l_q.bias": (320,), "l_kv.weight": (640, 384), "l_kv.bias": (640,),

@@ -1,6 +1,6 @@
 """The ``neighborhood`` mixer against an independent reference of NATTEN's neighborhood attention.
 
-The reference below is written from the NATTEN index rule (architectures.md §4.3) with python loops, not
+The reference below is written from NATTEN's index rule (SHI-Labs/NATTEN) with python loops, not
 from :mod:`mixerzoo.kernels`: per axis of length L, kernel K, dilation d, query i sits in group
 ``g = i % d`` at ``j = i // d``; its window starts at ``clamp(j - K//2, 0, ceil((L-g)/d) - K)`` and the
 bias index of neighbour t is ``start + t - j + K - 1``.

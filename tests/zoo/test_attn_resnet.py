@@ -133,7 +133,7 @@ def test_gate_swap_and_errors() -> None:
      ("resnet18_cbam", 11.78, None), ("resnet34_cbam", 21.96, None), ("resnet101_cbam", 49.33, None)],
 )  # fmt: skip
 def test_sizes_on_meta(name: str, params_m: float, keys: int | None) -> None:
-    """Parameter counts of the official models (architectures.md §6.1, §7.1) and official key counts."""
+    """Parameter counts of the official models (the two repositories' READMEs) and official key counts."""
     m = mixerzoo.create_model(name, device="meta")
     assert all(p.is_meta for p in m.parameters())
     assert abs(sum(p.numel() for p in m.parameters()) / 1e6 - params_m) < 0.006

@@ -86,7 +86,7 @@ def test_checkpoint_filter_strict_key_accounting(official) -> None:
 
 def test_real_variants_key_count_and_params() -> None:
     model = mixerzoo.create_model("biformer_tiny", device="meta")
-    assert len(model.state_dict()) == 264  # = the official biformer_tiny state dict (architectures.md §1.4)
+    assert len(model.state_dict()) == 264  # = the official biformer_tiny state dict (models/biformer.py)
     # parameter counts of the official models (instantiated from the official code)
     assert sum(p.numel() for p in model.parameters()) == 13_142_760
     qkv = model.stages[3].blocks[0].token_mixer.qkv

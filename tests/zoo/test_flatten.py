@@ -55,7 +55,7 @@ def _renamed(state: dict, mapped: dict) -> set[str]:
 
 def test_layouts_match_reference_counts() -> None:
     swin = mixerzoo.create_model("flatten_swin_tiny", device="meta")
-    assert round(sum(p.numel() for p in swin.parameters()) / 1e6, 2) == 29.19  # architectures.md §0
+    assert round(sum(p.numel() for p in swin.parameters()) / 1e6, 2) == 29.19  # official models/flatten_swin.py
     assert len(swin.state_dict()) == 196 - 11  # the official 196 keys minus 11 recomputed buffers
     pvt = mixerzoo.create_model("flatten_pvt_tiny", device="meta")
     assert round(sum(p.numel() for p in pvt.parameters()) / 1e6, 2) == 12.15

@@ -51,7 +51,7 @@ def test_tiny_config_exercises_every_path() -> None:
 
 
 def test_layout_matches_official_counts() -> None:
-    """Counted on the official model definitions (abdb115f): 21.20 M (architectures.md §0) and 430 keys."""
+    """Counted on the official model definitions (abdb115f): 21.20 M and 430 keys."""
     model = mixerzoo.create_model("flatten_cswin_tiny", device="meta")
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 4) == 21.2018
     assert len(model.state_dict()) == 430  # no buffers

@@ -52,8 +52,8 @@ def test_official_parity(vector: str) -> None:
 @pytest.mark.parametrize(
     ("name", "params_m", "keys"),
     [
-        ("flatten_pvt_v2_b0", 3.5948, 186),  # architectures.md §0/§3.3: 3.59 M, 186 keys
-        ("flatten_pvt_v2_b1", 12.9312, 186),  # §3.1: 12.93 M
+        ("flatten_pvt_v2_b0", 3.5948, 186),  # official models/flatten_pvt_v2.py: 3.59 M, 186 keys
+        ("flatten_pvt_v2_b1", 12.9312, 186),  # official: 12.93 M
         # b2–b5: counted here on the official model definitions (abdb115f) with la_sr_ratios='1111'
         ("flatten_pvt_v2_b2", 22.5483, 346),
         ("flatten_pvt_v2_b3", 38.2738, 586),

@@ -2,7 +2,7 @@
 
 ``tests/expect/litv2/test_litv2.safetensors`` was produced by the official ziplab/LITv2 code (commit 7501c866,
 ``classification/models/litv2.py``), with the CUDA ``DeformConv2dPack`` replaced by a stand-in on
-``torchvision.ops.deform_conv2d`` (architectures.md §2.6: identical offset layout): ``LITv2(img_size=64,
+``torchvision.ops.deform_conv2d`` (identical (dy, dx) tap-major offset layout): ``LITv2(img_size=64,
 embed_dim=8, num_classes=10, depths=[1,1,2,1], num_heads=[1,2,4,4], has_msa=[0,0,1,1], alpha=0.9,
 local_ws=[0,0,2,1])``, every floating tensor randomised (offsets and BN statistics included, rounded to fp16),
 eval mode, on a 2×3×16×16 image nearest-upsampled ×4. The file holds that state dict in the official layout,
@@ -42,7 +42,7 @@ def test_filter_accounts_for_every_key() -> None:
 
 def test_litv2_small_layout() -> None:
     model = mixerzoo.create_model("litv2_small", device="meta")
-    assert len(model.state_dict()) == 219  # architectures.md §2.4
+    assert len(model.state_dict()) == 219  # the official LITv2-S state dict
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 27.84
 
 

@@ -3,7 +3,7 @@
 ``tests/expect/nat/tiny_{nat,dinat,dinat_s}_official.safetensors`` were produced by running the official
 classification code (SHI-Labs/Neighborhood-Attention-Transformer @ d334f5bb: ``classification/nat.py``,
 ``dinat.py``, ``dinats.py``) with a NATTEN-free stand-in for ``natten.NeighborhoodAttention2D`` (NATTEN
-0.14 semantics, a pure-PyTorch gather written from the index rule in architectures.md §4.3, independent
+0.14 semantics, a pure-PyTorch gather written from NATTEN's index rule (SHI-Labs/NATTEN), independent
 of mixerzoo) on tiny configurations::
 
     NAT(embed_dim=4, mlp_ratio=3, depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], kernel_size=3,

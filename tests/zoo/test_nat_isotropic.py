@@ -4,7 +4,7 @@
 running the official ``classification/isotropic.py`` (SHI-Labs/Neighborhood-Attention-Transformer @ d334f5bb,
 with ``dinats.py``/``nat.py`` for the NA layer, patch embedding and MLP) in a scratch directory, with a
 NATTEN-free stand-in for ``natten.NeighborhoodAttention2D`` (NATTEN 0.14 semantics: dense attention masked
-to the neighbourhood, written from the index rule of architectures.md §4.3 independently of mixerzoo; it was
+to the neighbourhood, written from NATTEN's index rule (SHI-Labs/NATTEN) independently of mixerzoo; it was
 cross-checked against ``neighborhood_attention_2d(impl="reference")`` to 2e-7). Tiny configurations::
 
     NATIsotropic(img_size=36, patch_size=4, embed_dim=16, num_heads=2, mlp_ratio=4, num_classes=10,

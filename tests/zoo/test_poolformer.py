@@ -57,7 +57,7 @@ def test_any_input_size_and_mixer_swap_per_stage() -> None:
 
 def test_params_match_official_counts() -> None:
     expected = {"poolformer_s12": 11.92e6, "poolformer_s24": 21.39e6, "poolformer_s36": 30.86e6,
-                "poolformer_m36": 56.17e6, "poolformer_m48": 73.47e6}  # fmt: skip  # architectures.md §5.1
+                "poolformer_m36": 56.17e6, "poolformer_m48": 73.47e6}  # fmt: skip  # sail-sg/poolformer README
     for name, n in expected.items():
         model = mixerzoo.create_model(name, device="meta")
         got = sum(p.numel() for p in model.parameters())

@@ -3,7 +3,8 @@
 Imported lazily, only when ``impl="triton"`` is selected or ``auto`` probes it. Layout ``[B, N, H, D]``
 (heads last, last dim contiguous), exactly as in ``api.py``.
 
-Kernels (kernels.md §3.3: the op is memory-bound, so the design minimises passes; every arithmetic step
+Kernels (non-causal linear attention does ~d/2 FLOP per byte, far below a GPU's ridge point: the op is
+memory-bound, so the design minimises passes; every arithmetic step
 is fp32, dots take fp32 operands — tf32 tensor cores for 16-bit inputs, IEEE fp32 for fp32 inputs unless
 ``torch.backends.cuda.matmul.allow_tf32`` — so fp16/bf16 inputs never overflow and the interpreter's bf16
 ``tl.dot`` problem cannot arise):

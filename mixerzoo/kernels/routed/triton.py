@@ -2,7 +2,8 @@
 
 Imported lazily, only when ``impl="triton"`` is selected or ``auto`` probes it.
 
-Design (kernels.md §4/§8):
+Design (the gather of rayleizhu/BiFormer ``ops/bra_legacy.py`` fused into one flash-style kernel, as the FlexAttention
+block-sparse path does with its ``kv_indices``):
 
 * forward: one program per (query block of one region, batch·head). The routed key set of a region is
   the flattened range ``n in [0, K*T)`` with region ``topk_index[.., n // T]`` and token ``n % T``; key
