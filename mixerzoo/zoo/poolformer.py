@@ -24,25 +24,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
-from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._host import NormPoolHead, Stage, StagedBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["PoolFormer", "PoolFormerConfig", "checkpoint_filter"]
@@ -149,38 +144,12 @@ class Stem(nn.Module):
         return self.conv(x)
 
 
-class PoolFormerStage(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, *, downsample: bool, dpr: Sequence[float], **block: Any):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[PoolFormerBlock(dim, drop_path=dpr[j], **block) for j in range(depth)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-class PoolFormerHead(nn.Module):
-    """Official head: GroupNorm(1) on the map → global pool → dropout → Linear."""
-
-    def __init__(self, dim: int, num_classes: int, global_pool: str, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = GroupNorm1(dim)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.global_pool(self.norm(x)))
-        return x if pre_logits else self.fc(x)
-
-
 # ------------------------------------------------------------------------------------------ model
-class PoolFormer(nn.Module):
-    """PoolFormer / MetaFormer with registry mixers; input ``[B, C, H, W]``, any H, W ≥ 1."""
+class PoolFormer(StagedBackbone):
+    """PoolFormer / MetaFormer with registry mixers; input ``[B, C, H, W]``, any H, W ≥ 1; stage outputs
+    ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (ceil)."""
+
+    init_types = (nn.Conv2d, nn.Linear)
 
     def __init__(
         self,
@@ -204,127 +173,36 @@ class PoolFormer(nn.Module):
         n = len(depths)
         names = resolve_mixers(mixers, n, host="PoolFormer", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.stem = Stem(in_chans, dims[0])
             stages, self.feature_info = [], []
             for i in range(n):
-                stages.append(
-                    PoolFormerStage(
-                        dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, dpr=dpr[i],
-                        mixer=names[i], mixer_options=opts[i], mlp_ratio=mlp_ratio,
-                        layer_scale_init=layer_scale_init, pool_size=pool_size,
-                    )
-                )  # fmt: skip
+                down = Downsample(dims[i - 1], dims[i]) if i > 0 else nn.Identity()
+                block = {"mixer": names[i], "mixer_options": opts[i], "mlp_ratio": mlp_ratio,
+                         "layer_scale_init": layer_scale_init, "pool_size": pool_size}  # fmt: skip
+                stages.append(Stage(down, [PoolFormerBlock(dims[i], drop_path=r, **block) for r in dpr[i]]))
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
-            self.head = PoolFormerHead(dims[-1], num_classes, global_pool, drop_rate)
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            # the official head: GroupNorm(1) on the map → global pool → dropout → Linear
+            self.head = NormPoolHead(GroupNorm1(dims[-1]), dims[-1], num_classes, global_pool, drop_rate)
+        self._finish(dtype)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        ref = self.stem.conv.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` for the stages in ``indices``."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r}: PoolFormer supports 'NCHW' only")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x).contiguous(memory_format=torch.channels_last)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+    def _prune_norm(self, max_index: int, prune_norm: bool) -> None:
+        # pruned below the last stage: the head's GroupNorm no longer fits, and the features shrink
         dim = self.feature_info[max_index]["num_chs"]
         if prune_norm or dim != self.num_features:
             self.head.norm = nn.Identity()
         self.num_features = self.head_hidden_size = dim
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil).
-
-        The body runs in ``channels_last`` memory format (1×1 convs become plain GEMMs on CPU and GPU);
-        the logical layout stays NCHW.
-        """
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        x = self.stem(x).contiguous(memory_format=torch.channels_last)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _embed(self, x: Tensor) -> Tensor:
+        # the body runs in channels_last memory format (1×1 convs become plain GEMMs on CPU and GPU); the
+        # logical layout stays NCHW
+        return self.stem(x).contiguous(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -351,11 +229,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
         nk = re.sub(r"^norm\.", "head.norm.", nk)
         nk = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", nk)
         out[nk] = v
-    expected = set(model.state_dict())
-    unknown = sorted(set(out) - expected)
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in PoolFormer: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "PoolFormer")
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
