@@ -234,6 +234,8 @@ def open_sources(data: str, val_data: str | None = None, *, val_split: float = 0
     ``data`` is one of
 
     - ``'digits'``: scikit-learn's bundled digits;
+    - ``'pathfinder:SIZE[?n=N&val=N&seed=S&KNOB=V]'``: the procedural Pathfinder task (two classes, no download;
+      see :mod:`mixerzoo.compare.pathfinder`);
     - an ImageFolder directory (``<root>/<class>/*`` with optional ``train/`` and ``val/`` subfolders);
     - a ``.csv``/``.json`` manifest (fields ``path``, ``label``, optional ``split``);
     - ``hfds:PATH[?image=COL&label=COL&split=NAME&val=NAME&builder=NAME]``: Hugging Face ``datasets``: a
@@ -255,8 +257,13 @@ def open_sources(data: str, val_data: str | None = None, *, val_split: float = 0
         return _open_hf(data, val_data, val_split, verify)
     if kind == "wds":
         return _open_wds(data, val_data, val_split, verify)
-    if data == "digits":
-        train, val = digits_sources(digits_size)
+    if data == "digits" or data.startswith("pathfinder:"):
+        if data == "digits":
+            train, val = digits_sources(digits_size)
+        else:  # procedural, no download (mixerzoo.compare.pathfinder)
+            from mixerzoo.compare.pathfinder import pathfinder_sources
+
+            train, val = pathfinder_sources(data)
         if val_data is not None:
             val = _open_single(val_data, train.classes, verify)
         return train, val
