@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_SUBPACKAGE_CLIS = ("mixerzoo.train._cli", "mixerzoo.hub._cli", "mixerzoo.bench._cli", "mixerzoo.timm_script")
+_SUBPACKAGE_CLIS = ("mixerzoo.train._cli", "mixerzoo.hub._cli", "mixerzoo.bench._cli", "mixerzoo.timm_script",
+                    "mixerzoo.compare._cli")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -54,16 +55,29 @@ def _cmd_forward(args: argparse.Namespace) -> int:
     import torch
 
     import mixerzoo
+    from mixerzoo.spec import ModelSpec
 
-    model = mixerzoo.create_model(args.model, num_classes=args.num_classes).eval()
+    spec = ModelSpec.parse(args.model, args.mixers, args.mixer_options, args.model_args)
+    spec.validate(img_size=args.img_size, num_classes=args.num_classes)  # one line naming the argument
+    model = spec.create(num_classes=args.num_classes).eval()
     size = args.img_size or model.pretrained_cfg["input_size"][-1]
     x = torch.randn(args.batch, model.pretrained_cfg["input_size"][0], size, size)
     with torch.no_grad():
         out = model(x)
     params = sum(p.numel() for p in model.parameters())
     mixers = ", ".join(f"{k} ({v})" for k, v in mixerzoo.plugins.required_mixers(model).items()) or "-"
-    print(f"{args.model}: {params / 1e6:.2f} M params, mixers: {mixers}; input {tuple(x.shape)} -> {tuple(out.shape)}")
+    print(f"{spec.describe()}: {params / 1e6:.2f} M params, mixers: {mixers}; input {tuple(x.shape)} -> {tuple(out.shape)}")
     return 0
+
+
+def _add_spec_flags(p: argparse.ArgumentParser) -> None:
+    """``--mixers``, ``--mixer-options``, ``--model-args``: the model spec (see :mod:`mixerzoo.spec`)."""
+    p.add_argument("--mixers", default=None, metavar="A[,B,C,D]",
+                   help="token mixers: one name for every stage, or one per stage (see `mixerzoo list mixers`)")
+    p.add_argument("--mixer-options", default=None, metavar="OPTIONS",
+                   help="JSON (an object, or one per stage), or key=value[,key=value] with ';' between stages")
+    p.add_argument("--model-args", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="architecture overrides of the family's config (values are JSON literals)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=1000)
+    _add_spec_flags(p)
     p.set_defaults(func=_cmd_forward)
 
     for mod_name in _SUBPACKAGE_CLIS:
