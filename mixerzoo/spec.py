@@ -269,24 +269,44 @@ class ModelSpec:
         parts += [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in self.model_args.items()]
         return f"{self.model}[{'; '.join(parts)}]" if parts else self.model
 
-    def validate(self, **kwargs: Any) -> None:
+    def validate(self, img_size: int | None = None, **kwargs: Any) -> None:
         """Check the spec without building anything real: the mixers exist (with close matches and install hints),
         their number matches the stages, every option is one the mixer takes, the host can feed each mixer's kind
-        and layout, and the model accepts the overrides (a build on the meta device). ``kwargs`` are the other
-        constructor arguments (``num_classes``, ``in_chans``, ...). Raises :class:`SpecError` (one line)."""
+        and layout, and the model accepts the overrides (a build on the meta device). With ``img_size`` a forward
+        pass on the meta device also checks that every mixer takes the feature maps of that input size. ``kwargs``
+        are the other constructor arguments (``num_classes``, ``in_chans``, ...). Raises :class:`SpecError`."""
         self._check_mixers()
         if self.model.startswith(("hf-hub:", "hf_hub:")):
             return  # building would download; the hub checks the stored config before any weights are read
         kw = {k: v for k, v in kwargs.items() if v is not None}
         kw.pop("pretrained", None)
         try:
-            _build(self.model, pretrained=False, device="meta", **self.kwargs(), **kw)
+            model = _build(self.model, pretrained=False, device="meta", **self.kwargs(), **kw)
         except SpecError:
             raise
         except RecipeError as e:
             raise SpecError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - turned into one line naming the argument
             raise self._error(e) from None
+        if img_size is not None:
+            self._check_forward(model, img_size, int(kw.get("in_chans", 3)))
+
+    def _check_forward(self, model: Any, img_size: int, in_chans: int) -> None:
+        """A forward pass on the meta device (no memory, no compute): a mixer that cannot take the feature maps of
+        ``img_size`` (a window larger than the map, ...) fails here, not after the data has loaded."""
+        import torch
+
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.empty(1, in_chans, img_size, img_size, device="meta"))
+        except NotImplementedError:
+            return  # an op without a meta kernel: nothing learned
+        except (ValueError, TypeError, AssertionError, RuntimeError) as e:
+            msg = " ".join(str(e).split())
+            if isinstance(e, RuntimeError) and "meta" in msg.lower():
+                return
+            raise SpecError(f"{self.describe()} at img_size={img_size}: {msg}") from None
 
     def create(self, pretrained: bool = False, **kwargs: Any) -> Any:
         """Build the model (``mixerzoo.create_model`` for mixerzoo names and hub references, ``timm.create_model``

@@ -20,7 +20,8 @@ from torch import nn
 
 from .recipe import Recipe, RecipeError
 
-__all__ = ["check_model_name", "create", "freeze_stages", "prepare_model", "resolve_model_ref", "set_resolution"]
+__all__ = ["check_model_name", "check_spec", "create", "freeze_stages", "prepare_model", "resolve_model_ref",
+           "set_resolution", "spec_kwargs", "with_folder_spec"]
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +98,82 @@ def check_model_name(name: str | None) -> None:
     arch = ref.split(".", 1)[0]
     if not (timm.is_model(arch) or timm.is_model(f"mz_{arch}")):
         create(ref, device="meta")  # raises RecipeError with mixerzoo's close-match suggestions
+
+
+def _is_hub(ref: str) -> bool:
+    return ref.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
+
+
+def _folder_model_args(ref: str) -> dict[str, Any] | None:
+    """The ``model_args`` stored in a ``local-dir:`` folder's config.json (None for other references)."""
+    import json
+
+    if not ref.startswith("local-dir:"):
+        return None
+    path = Path(ref[len("local-dir:"):]) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # the hub loader reports a missing or broken config in its own words
+    args = config.get("model_args") if isinstance(config, dict) else None
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def check_spec(recipe: Recipe) -> None:
+    """Check the recipe's model spec (model, mixers, mixer_options, model_args) before any data is read or file
+    written: a meta-device build for model names; for a hub folder (or a run folder) a spec may only repeat what the
+    folder was built with, since the folder's weights fit only that model. One-line :class:`RecipeError`."""
+    from mixerzoo.spec import ModelSpec
+
+    check_model_name(recipe.model)
+    assert recipe.model is not None
+    ref = resolve_model_ref(recipe.model)
+    spec = ModelSpec.parse(ref, recipe.mixers, recipe.mixer_options, recipe.model_args)
+    if spec.is_default:
+        return
+    if _is_hub(ref):
+        stored = _folder_model_args(ref)
+        if stored is None:
+            return
+        for key, value in spec.kwargs().items():
+            old = ModelSpec.parse(ref, **{key: stored.get(key)}).kwargs().get(key) if key in (
+                "mixers", "mixer_options") else stored.get(key)
+            if old != value:
+                flag = "--" + (key if key in ("mixers", "mixer_options") else "model-args").replace("_", "-")
+                raise RecipeError(
+                    f"{key}={value!r}: the model in {recipe.model!r} was built with {key}={old!r}; drop {flag} "
+                    "(the folder's own spec is used), or train a new model with --model NAME")
+        return
+    spec.validate(img_size=recipe.img_size, num_classes=recipe.num_classes, in_chans=recipe.in_chans)
+
+
+# model_args keys of a saved folder that are not part of its spec (recipe keys, or recorded by timm for any model)
+_NOT_SPEC = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "pretrained", "device")
+
+
+def with_folder_spec(recipe: Recipe) -> Recipe:
+    """For a model read from a hub or run folder: the recipe with the folder's spec filled in (``mixers``,
+    ``mixer_options``, other ``model_args``), so ``recipe.json`` and the checkpoints name the model that is trained.
+    Other recipes are returned unchanged."""
+    import dataclasses
+
+    if not recipe.model or recipe.mixers is not None or recipe.mixer_options is not None or recipe.model_args:
+        return recipe
+    stored = _folder_model_args(resolve_model_ref(recipe.model))
+    if not stored:
+        return recipe
+    args = {k: v for k, v in stored.items() if k not in _NOT_SPEC and k not in ("mixers", "mixer_options")}
+    return dataclasses.replace(recipe, mixers=stored.get("mixers"), mixer_options=stored.get("mixer_options"),
+                               model_args=args)
+
+
+def spec_kwargs(recipe: Recipe, ref: str) -> dict[str, Any]:
+    """The constructor kwargs the recipe's spec adds for ``ref`` (none for hub folders: they carry their own)."""
+    if _is_hub(ref):
+        return {}
+    from mixerzoo.spec import ModelSpec
+
+    return ModelSpec.parse(ref, recipe.mixers, recipe.mixer_options, recipe.model_args).kwargs()
 
 
 def _group_ids(model: nn.Module) -> dict[int, list[str]]:
@@ -204,6 +281,7 @@ def prepare_model(recipe: Recipe, *, num_classes: int, mode: str = "train", devi
             pretrained = True
         else:
             raise RecipeError(f"checkpoint: {recipe.checkpoint!r} is neither a hub folder nor a .safetensors file")
+    kwargs.update(spec_kwargs(recipe, ref))
     model = create(ref, pretrained=pretrained, **kwargs)
     if getattr(model, "num_classes", num_classes) != num_classes:  # heads timm did not reset (custom loaders)
         model.reset_classifier(num_classes)

@@ -30,7 +30,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import rundir
 from .data import ImageDataset, build_loader, build_transform, open_sources, resolve_data_config, steps_per_epoch
-from .finetune import check_model_name, prepare_model
+from .finetune import check_spec, prepare_model, with_folder_spec
 from .optim import create_criterion, create_mixup, create_optimizer, create_scheduler
 from .recipe import Recipe, RecipeError
 from .syncbn import convert_sync_batchnorm, has_batchnorm
@@ -302,7 +302,8 @@ def fit(recipe: Recipe, *, mode: str = "train", on_step: Callable[[dict[str, Any
 
 def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | None, d: _Dist) -> TrainResult:
     t_start = time.perf_counter()
-    check_model_name(recipe.model)
+    check_spec(recipe)  # unknown model or mixer, wrong stage count, options a mixer does not take: before the data
+    recipe = with_folder_spec(recipe)  # fine-tuning a folder: recipe.json and checkpoints name its spec
     torch.manual_seed(recipe.seed)
     out = recipe.output_dir()
     ckpt_dir = out / "checkpoints"
@@ -379,7 +380,7 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
            mixup: Any, criterion: Any, ema: Any, amp: Any) -> TrainResult:
     state: dict[str, Any] = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [],
                              "loss_sum": 0.0, "loss_count": 0, "world": d.world, "batch_size": recipe.batch_size,
-                             "seconds": 0.0}
+                             "seconds": 0.0, "spec": recipe.spec().to_dict()}
     if recipe.resume:
         tensors, meta = ckpt.load_checkpoint(ckpt_dir)
         saved = ckpt.restore(tensors, meta, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -388,6 +389,12 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
             if saved.get(key) != state[key]:
                 raise RecipeError(f"resume: checkpoint was written with {key}={saved.get(key)}, now {state[key]} "
                                   "(the data order would change)")
+        if "spec" in saved and saved["spec"] != state["spec"]:
+            from mixerzoo.spec import ModelSpec
+
+            raise RecipeError(f"resume: the checkpoint holds the model {ModelSpec.from_dict(saved['spec']).describe()}"
+                              f", not {recipe.spec().describe()}; drop the spec flags, or start a new run with "
+                              "another --output")
         state.update(saved)
         if d.main:
             ckpt.set_aside_newer(ckpt_dir, meta["_loaded"])
@@ -528,13 +535,15 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
 
 def evaluate_recipe(recipe: Recipe) -> dict[str, Any]:
     """Evaluate ``recipe.model`` (name, hub reference, local folder) on the validation split of ``recipe.data``."""
+    from .finetune import check_spec, create, resolve_model_ref, set_resolution, spec_kwargs
+
+    check_spec(recipe)  # before the data is read
     d = _setup(recipe)
     try:
         _, val_src = open_sources(recipe.data, recipe.val_data, val_split=recipe.val_split,
                                   digits_size=recipe.img_size or 32, verify=recipe.verify_images)
-        from .finetune import create, set_resolution
-
-        model = create(recipe.model or "", pretrained=True, in_chans=recipe.in_chans)
+        ref = resolve_model_ref(recipe.model or "")
+        model = create(ref, pretrained=True, in_chans=recipe.in_chans, **spec_kwargs(recipe, ref))
         n_cls = getattr(model, "num_classes", None)
         if n_cls != len(val_src.classes):
             raise RecipeError(f"model {recipe.model!r} has {n_cls} classes but the data {recipe.data!r} has "

@@ -162,7 +162,7 @@ def recipe_conflicts(saved: dict[str, Any], recipe: Recipe) -> list[str]:
         if key in RUNTIME_KEYS or key not in saved:
             continue
         old = saved[key]
-        if isinstance(old, list):
+        if key in ("scale", "ratio") and isinstance(old, list):
             old = [float(v) for v in old]
             value = [float(v) for v in value]
         if old != value:
@@ -241,6 +241,27 @@ def precheck(recipe: Recipe) -> None:
     present = has_run(out)
     if present and not recipe.resume and not recipe.overwrite:
         raise _exists_error(out, present)
+    if recipe.resume:
+        _check_resume_recipe(out, recipe, warn=False)  # e.g. another --mixers: refused before data and model load
+
+
+def _check_resume_recipe(out: Path, recipe: Recipe, *, warn: bool = True) -> None:
+    """RecipeError listing every non-runtime key where ``recipe`` differs from the run's ``recipe.json``."""
+    saved_path = out / "recipe.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except ValueError:
+        saved = None
+        if warn:
+            _log.warning("resume: %s is malformed; the checkpoint decides what fits", saved_path)
+    if isinstance(saved, dict):
+        conflicts = recipe_conflicts(saved, recipe)
+        if conflicts:
+            raise RecipeError(
+                f"resume: the recipe of the run in {str(out)!r} cannot change: {', '.join(conflicts)}; "
+                "drop the flag, or start a new run with another --output")
 
 
 def _exists_error(out: Path, present: list[str]) -> RecipeError:
@@ -269,19 +290,7 @@ def claim(recipe: Recipe) -> RunLock:
     try:
         present = has_run(out)
         if recipe.resume:
-            saved_path = out / "recipe.json"
-            if saved_path.is_file():
-                try:
-                    saved = json.loads(saved_path.read_text())
-                except ValueError:
-                    saved = None
-                    _log.warning("resume: %s is malformed; the checkpoint decides what fits", saved_path)
-                if isinstance(saved, dict):
-                    conflicts = recipe_conflicts(saved, recipe)
-                    if conflicts:
-                        raise RecipeError(
-                            f"resume: the recipe of the run in {str(out)!r} cannot change: {', '.join(conflicts)}; "
-                            "drop the flag, or start a new run with another --output")
+            _check_resume_recipe(out, recipe)
             clean_temp_files(out)
         elif present:
             if not recipe.overwrite:
