@@ -15,8 +15,9 @@ def _publish(args: argparse.Namespace) -> int:
     from mixerzoo.hub.publish import push_to_hub
 
     try:
+        folder = _hub_folder(args.dir)
         info = push_to_hub(
-            args.dir,
+            folder,
             args.repo_id,
             revision=args.revision,
             commit_message=args.message,
@@ -26,8 +27,18 @@ def _publish(args: argparse.Namespace) -> int:
     except (HubError, OSError, ValueError) as e:
         sys.stderr.write(f"mixerzoo publish: error: {one_line(e)}\n")
         return 2
-    sys.stdout.write(f"published {args.dir} to {args.repo_id}: {getattr(info, 'commit_url', info)}\n")
+    sys.stdout.write(f"published {folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}\n")
     return 0
+
+
+def _hub_folder(path: str) -> str:
+    """A hub folder as given, or a training run folder's exported ``model/`` (its config.json names the spec)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
+        return str(p / "model")
+    return path
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -46,7 +57,8 @@ def register(subparsers: Any) -> None:
         description="Upload DIR (model.safetensors + config.json + README.md) to REPO_ID in one commit; "
         "creates the repo if needed. Pickle files in DIR are refused.",
     )
-    p.add_argument("dir", help="hub folder written by save_pretrained or `mixerzoo convert`")
+    p.add_argument("dir", help="hub folder written by save_pretrained or `mixerzoo convert`, or a training run "
+                   "folder (its exported model/)")
     p.add_argument("repo_id", help="target repo, 'org/name'")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
     p.add_argument("--message", default="Upload model with mixerzoo", help="commit message")
