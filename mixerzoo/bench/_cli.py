@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "register"]
 
@@ -58,6 +59,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stem", default=None, help="output file stem (default: bench-<mode>-<device>-<dtype>-b<batch>...)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mixers", default=None, metavar="A[,B,C,D]",
+                   help="model spec for every benched model: token mixers, one name or one per stage")
+    p.add_argument("--mixer-options", default=None, metavar="OPTIONS",
+                   help="JSON (an object, or one per stage), or key=value[,key=value] with ';' between stages")
+    p.add_argument("--model-args", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="architecture overrides of the family's config (values are JSON literals)")
     p.set_defaults(func=run_bench)
 
 
@@ -96,7 +103,7 @@ def run_bench(args: argparse.Namespace) -> int:
             train=args.train, warmup=args.warmup, runs=args.runs, iters=args.iters, threads=args.threads,
             memory=not args.no_memory, yardstick=None if args.yardstick.lower() == "none" else args.yardstick,
             clock=args.clock, autocast=args.autocast, mfu=args.mfu, gemm_size=args.gemm_size,
-            breakdown=args.breakdown,
+            breakdown=args.breakdown, model_kwargs=_spec_kwargs(args, names),
         )  # fmt: skip
     except (ValueError, TypeError, RuntimeError) as err:
         sys.stderr.write(f"mixerzoo bench: {err}\n")
@@ -107,6 +114,22 @@ def run_bench(args: argparse.Namespace) -> int:
     sys.stdout.write("wrote: " + ", ".join(str(f) for f in files) + "\n")
     failed = [r for r in rows if r.status != "ok"]
     return 1 if rows and len(failed) == len(rows) else 0
+
+
+def _spec_kwargs(args: argparse.Namespace, names: list[str]) -> dict[str, Any] | None:
+    """The constructor kwargs of ``--mixers/--mixer-options/--model-args``, checked on the meta device against every
+    model (a SpecError, one line naming the argument, before anything is timed)."""
+    if args.mixers is None and args.mixer_options is None and not args.model_args:
+        return None
+    from mixerzoo.spec import ModelSpec  # noqa: PLC0415
+
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        arch = name[len("timm:"):] if name.startswith("timm:") else name
+        spec = ModelSpec.parse(arch, args.mixers, args.mixer_options, args.model_args)
+        spec.validate(img_size=args.img_size)
+        kwargs = spec.kwargs()
+    return kwargs
 
 
 def run_model_table(args: argparse.Namespace) -> int:

@@ -267,7 +267,8 @@ class Profile:
         return self.flops / 2e9
 
 
-def profile_model(name: str, img_size: int | None = None, *, allow_cpu_fallback: bool = True) -> Profile:
+def profile_model(name: str, img_size: int | None = None, *, allow_cpu_fallback: bool = True,
+                  model_kwargs: dict[str, Any] | None = None) -> Profile:
     """Parameters and forward GMACs of a model at ``img_size`` (default: its pretrained cfg's size).
 
     Builds and counts on ``meta``; if that fails (an op without a meta kernel), on CPU at batch 1.
@@ -275,14 +276,14 @@ def profile_model(name: str, img_size: int | None = None, *, allow_cpu_fallback:
     size = img_size or default_img_size(name)
     try:
         with _NoInitMode():
-            model = build_model(name, device="meta")
+            model = build_model(name, device="meta", **(model_kwargs or {}))
         model.eval()
         return Profile(count_params(model), count_flops(model, (1, 3, size, size), device="meta"), size, "meta")
     except Exception as err:
         if not allow_cpu_fallback:
             raise
         _log.info("%s: counting on meta failed (%s: %s); counting on CPU", name, type(err).__name__, err)
-    model = build_model(name).eval()
+    model = build_model(name, **(model_kwargs or {})).eval()
     return Profile(count_params(model), count_flops(model, (1, 3, size, size), device="cpu"), size, "cpu")
 
 
@@ -309,6 +310,9 @@ class BenchConfig:
     mfu: bool = False  # time a same-dtype GEMM alternately and report MFU
     gemm_size: int | None = None  # side of the reference GEMM (None: mfu.default_gemm_size)
     breakdown: bool = False  # profile one step and bucket its self time by op type
+    # a model spec's constructor kwargs (mixers, mixer_options, architecture overrides; mixerzoo.spec.ModelSpec.kwargs)
+    # for every benched model; never applied to the yardstick
+    model_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -395,7 +399,8 @@ class _Step:
         self.device = torch.device(cfg.device)
         dtype = DTYPES[cfg.dtype]
         self.train = cfg.train
-        model = build_model(name, device=self.device)
+        spec_kw = cfg.model_kwargs if cfg.model_kwargs and name != cfg.yardstick else {}
+        model = build_model(name, device=self.device, **spec_kw)
         self.autocast_dtype = None
         if cfg.train:
             model.train()
@@ -606,7 +611,7 @@ def _measure_one(
     try:
         res.family = _family(name)
         res.top1, res.top1_source = _official(name)
-        prof = profile_model(name, img)
+        prof = profile_model(name, img, model_kwargs=cfg.model_kwargs)
         res.params_m, res.gmacs = prof.params_m, prof.gmacs
         flops = prof.flops
     except Exception as err:  # noqa: BLE001 - the row reports it, the run goes on

@@ -254,3 +254,20 @@ def test_third_party_mixer_through_the_cli(capsys, tmp_path, data, fake_plugin):
     capsys.readouterr()
     assert main(["eval", str(run), "--data", str(data), "--batch-size", "4", "--workers", "0", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] > 0
+
+
+def test_bench_takes_the_spec(capsys, tmp_path):
+    from mixerzoo.cli import main as mz
+
+    argv = ["bench", "test_poolformer", "--mixers", "pooling,pooling,attention,attention", "--mixer-options",
+            '{"num_heads": 2}', "--runs", "1", "--warmup", "1", "--yardstick", "none", "--img-size", "32",
+            "--batch", "2", "--no-memory", "--no-plots", "--quiet", "--out-dir", str(tmp_path)]
+    assert mz(argv) == 0
+    capsys.readouterr()
+    row = json.loads(next(tmp_path.glob("*.json")).read_text())
+    row = row["results"][0]
+    spec = ModelSpec.parse("test_poolformer", "pooling,pooling,attention,attention", '{"num_heads": 2}')
+    params = sum(p.numel() for p in spec.create().parameters())
+    assert abs(row["params_m"] - params / 1e6) < 1e-3 and row["status"] == "ok"
+    assert mz(argv[:2] + ["--mixers", "pooling,attention", "--quiet"]) == 2
+    assert "4 names (one per stage)" in capsys.readouterr().err
