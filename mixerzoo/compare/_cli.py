@@ -91,8 +91,9 @@ def run_compare(args: argparse.Namespace) -> int:
         opts = run.parse_mixer_options_map(args.mixer_options_map)
         specs: list[Any] = []
         if args.mixers is not None:
-            specs += [(s, None) for s in run.parse_spec_list(args.host, args.mixers, mixer_options=opts,
-                                                              model_args=model_args)]
+            items = [m.strip() for m in args.mixers.split(",")]
+            parsed = run.parse_spec_list(args.host, args.mixers, mixer_options=opts, model_args=model_args)
+            specs += list(zip(parsed, items))  # the row label is the --mixers item
         if args.specs is not None:
             specs += run.load_specs_file(args.specs, args.host, mixer_options=opts, model_args=model_args)
         output = Path(args.compare_output or Path("runs") / f"compare-{(args.host or 'specs').replace('/', '_')}")

@@ -509,8 +509,9 @@ def compare(jobs: Sequence[CompareJob], output: Path, *, invalid: dict[int, str]
 def _run_here(job: CompareJob) -> dict[str, Any]:
     try:
         return run_job(job)
-    except RecipeError as e:
-        return _failed(job, str(e))
+    except Exception as e:  # noqa: BLE001 - reported as the spec's row; the comparison goes on
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return _failed(job, msg if isinstance(e, RecipeError) else f"{type(e).__name__}: {msg}"[:500])
 
 
 def _failed(job: CompareJob, msg: str) -> dict[str, Any]:

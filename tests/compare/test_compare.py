@@ -98,7 +98,7 @@ def test_interrupted_spec_resumes_from_its_checkpoint(compared: tuple[Path, int]
 def test_sigkill_then_rerun_keeps_finished_specs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mixerzoo", "compare", "test_poolformer", "--mixers", "pooling,identity",
-           *TINY[:-1], "--epochs", "3", "--quiet", "--output", str(out)]
+           *TINY[:-1], "--epochs", "2", "--quiet", "--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     first = out / "specs" / "0-pooling" / "result.json"
@@ -111,7 +111,7 @@ def test_sigkill_then_rerun_keeps_finished_specs(tmp_path: Path) -> None:
     proc.wait()
     done_row = json.loads(first.read_text())["row"]
     mtime = first.stat().st_mtime_ns
-    rc = main(["compare", "test_poolformer", "--mixers", "pooling,identity", *TINY[:-1], "--epochs", "3", "--quiet",
+    rc = main(["compare", "test_poolformer", "--mixers", "pooling,identity", *TINY[:-1], "--epochs", "2", "--quiet",
                "--output", str(out)])
     assert rc == 0
     assert first.stat().st_mtime_ns == mtime  # not trained again
