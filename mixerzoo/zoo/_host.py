@@ -7,10 +7,13 @@ where it really differs:
 
 * ``_embed(x)``: the stem (a family may change the memory format or the layout here);
 * ``_features_out(x)``: the body's output → the ``forward_features`` layout (NHWC bodies permute to NCHW);
+* ``_intermediates_out(x, full)``: the final output of ``forward_intermediates`` (``full``: every stage ran;
+  a final norm may apply only then);
 * ``_intermediate(i, x, norm, last, output_fmt)``: one ``forward_intermediates`` output (per-output norms);
 * ``_prune_norm(max_index, prune_norm)``: what ``prune_intermediate_layers`` does to the final norm;
 * class attributes ``output_fmts`` (what ``forward_intermediates`` accepts), ``init_types`` (the module types that
-  get timm's truncated-normal init), ``no_weight_decay_suffixes`` and ``stem_pattern`` (``group_matcher``).
+  get timm's truncated-normal init), ``no_weight_decay_suffixes``, ``stem_pattern`` and ``final_norm_pattern``
+  (``group_matcher``).
 
 Hooks are plain methods (TorchScript compiles the overrides), never string ``getattr``. The state-dict names stay
 the families' own: the host only reads ``stem``, ``stages``, ``head`` and the optional ``out_norms``.
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import init_weights, trunc_normal_
 from mixerzoo.zoo._checks import check_input
 
-__all__ = ["NormPoolHead", "Stage", "StagedBackbone", "strict_filter"]
+__all__ = ["LinearHeadBackbone", "NormPoolHead", "Stage", "StagedBackbone", "strict_filter"]
 
 
 class Stage(nn.Module):
@@ -96,6 +99,7 @@ class StagedBackbone(nn.Module):
     init_types: tuple[type, ...] = (nn.Linear,)
     no_weight_decay_suffixes: tuple[str, ...] = ()
     stem_pattern: str = r"^stem"
+    final_norm_pattern: str | None = None  # group_matcher: norms that belong after the last block
 
     def _setup(self, *, in_chans: int, num_classes: int, global_pool: str, drop_rate: float, num_features: int) -> None:
         """The attributes timm reads; call first in ``__init__`` (after ``super().__init__()``)."""
@@ -125,6 +129,9 @@ class StagedBackbone(nn.Module):
     def _features_out(self, x: Tensor) -> Tensor:
         return x
 
+    def _intermediates_out(self, x: Tensor, full: bool) -> Tensor:
+        return self._features_out(x)
+
     def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
         return x
 
@@ -140,7 +147,9 @@ class StagedBackbone(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        fine = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        fine: list[Any] = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        if self.final_norm_pattern is not None:
+            fine.append((self.final_norm_pattern, (99999,)))
         return {"stem": self.stem_pattern, "blocks": r"^stages\.(\d+)" if coarse else fine}
 
     @torch.jit.ignore
@@ -157,7 +166,7 @@ class StagedBackbone(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(self.num_features, num_classes, global_pool, next(self.stem.parameters()))
+        self.head.reset(self.num_features, num_classes, global_pool, next(self.parameters()))
 
     def forward_intermediates(
         self,
@@ -183,10 +192,9 @@ class StagedBackbone(nn.Module):
             x = stage(x)
             if i in take:
                 intermediates.append(self._intermediate(i, x, norm, i == last, output_fmt))
-        x = self._features_out(x)
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        return self._intermediates_out(x, len(stages) == len(self.stages)), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -215,6 +223,38 @@ class StagedBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class LinearHeadBackbone(StagedBackbone):
+    """A :class:`StagedBackbone` whose classifier is a bare ``head`` Linear (keys ``head.weight``/``head.bias``)
+    after an average pool and ``head_drop``, as in timm's Swin and PVTv2; ``global_pool`` is ``'avg'`` or ``''``."""
+
+    def _check_pool(self, global_pool: str) -> None:
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}: {type(self).__name__} supports 'avg' or ''")
+
+    def _make_head(self, dim: int, num_classes: int, drop_rate: float) -> None:
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            self.global_pool = global_pool
+        ref = next(self.parameters())
+        fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else None
+        self.head = (fc if fc is not None else nn.Identity()).train(self.training)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
 
 
 def strict_filter(

@@ -30,25 +30,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, SelectAdaptivePool2d
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from mixerzoo.zoo._blocks import (
     DropPath,
     eager_only,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._host import NormPoolHead, Stage, StagedBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["BiFormer", "BiFormerConfig", "checkpoint_filter"]
@@ -210,38 +206,12 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
-class BiFormerStage(nn.Module):
-    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-class BiFormerHead(nn.Module):
-    """Official head: BatchNorm on the map → global pool → dropout → Linear."""
-
-    def __init__(self, dim: int, num_classes: int, global_pool: str, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.global_pool(self.norm(x)))
-        return x if pre_logits else self.fc(x)
-
-
 # ------------------------------------------------------------------------------------------ model
-class BiFormer(nn.Module):
-    """BiFormer on ``[B, C, H, W]``; any H, W ≥ 1 (padding to the region grid is masked)."""
+class BiFormer(StagedBackbone):
+    """BiFormer on ``[B, C, H, W]``; any H, W ≥ 1 (padding to the region grid is masked). Stage outputs
+    ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (ceil), NCHW or NHWC; ``forward_features`` is before the head's norm."""
+
+    output_fmts = ("NCHW", "NHWC")
 
     def __init__(
         self,
@@ -270,12 +240,10 @@ class BiFormer(nn.Module):
         n = len(depths)
         names = resolve_mixers(mixers, n, host="BiFormer", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.stem = Stem(in_chans, dims[0])
@@ -297,118 +265,22 @@ class BiFormer(nn.Module):
                     for j in range(depths[i])
                 ]  # fmt: skip
                 down = nn.Identity() if i == 0 else ConvBN(dims[i - 1], dims[i])
-                stages.append(BiFormerStage(down, blocks))
+                stages.append(Stage(down, blocks))
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.out_norms = nn.ModuleList([LayerNorm2d(d, eps=1e-6) for d in dims]) if out_norms else None
-            self.head = BiFormerHead(dims[-1], num_classes, global_pool, drop_rate)
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            # the official head: BatchNorm on the map → global pool → dropout → Linear
+            self.head = NormPoolHead(nn.BatchNorm2d(dims[-1]), dims[-1], num_classes, global_pool, drop_rate)
+        self._finish(dtype)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        fine = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
-        blocks = r"^stages\.(\d+)" if coarse else fine
-        return {"stem": r"^stem", "blocks": blocks}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        ref = self.stem.conv1.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        ).train(self.head.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (ceil) for the stages in ``indices``.
-
-        With ``out_norms=True`` every output goes through its detection-backbone LayerNorm; otherwise
-        ``norm=True`` applies the head's BatchNorm to the last stage's output.
-        """
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt={output_fmt!r}: BiFormer supports 'NCHW' and 'NHWC'")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = x
-                if self.out_norms is not None:
-                    y = self.out_norms[i](y)
-                elif norm and i == last:
-                    y = self.head.norm(y)
-                intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+    def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
+        # out_norms=True: every output goes through its detection-backbone LayerNorm; otherwise norm=True applies
+        # the head's BatchNorm to the last stage's output
         if self.out_norms is not None:
-            self.out_norms = self.out_norms[: max_index + 1]
-        if prune_norm:
-            self.head.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (ceil), before the head's norm."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+            x = self.out_norms[i](x)
+        elif norm and last:
+            x = self.head.norm(x)
+        return x.permute(0, 2, 3, 1) if output_fmt == "NHWC" else x
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -457,11 +329,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
         nk = re.sub(r"^extra_norms\.", "out_norms.", nk)
         out[nk] = v
         origin[nk] = k
-    expected = set(model.state_dict())
-    unknown = sorted(origin[nk] for nk in set(out) - expected)
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in BiFormer: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "BiFormer", origin)
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs

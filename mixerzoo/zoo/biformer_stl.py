@@ -34,8 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d, register_notrace_module
-from timm.models._features import feature_take_indices
+from timm.layers import register_notrace_module
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
@@ -43,16 +42,14 @@ from mixerzoo.zoo._blocks import (
     DropPath,
     Mlp,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
-from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._host import NormPoolHead, StagedBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttentionLePEV", "BiFormerSTL", "BiFormerSTLConfig", "checkpoint_filter"]
@@ -193,25 +190,12 @@ class STLStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-# Copied from mixerzoo.zoo.biformer.BiFormerHead with BiFormerHead->STLHead
-class STLHead(nn.Module):
-    """Official head: BatchNorm on the map → global pool → dropout → Linear."""
-
-    def __init__(self, dim: int, num_classes: int, global_pool: str, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.global_pool(self.norm(x)))
-        return x if pre_logits else self.fc(x)
-
-
 # ------------------------------------------------------------------------------------------ model
-class BiFormerSTL(nn.Module):
-    """BiFormer in the Swin-T layout on ``[B, C, H, W]``; any H, W ≥ 32 (region padding is masked)."""
+class BiFormerSTL(StagedBackbone):
+    """BiFormer in the Swin-T layout on ``[B, C, H, W]``; any H, W ≥ 32 (region padding is masked). Stage
+    outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (floor), NCHW or NHWC; ``forward_features`` is before the head's norm."""
+
+    output_fmts = ("NCHW", "NHWC")
 
     def __init__(
         self,
@@ -243,12 +227,10 @@ class BiFormerSTL(nn.Module):
         registry = [m for m in names if m not in LOCAL_MIXERS]
         resolve_mixers(registry, len(registry), host="BiFormerSTL", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.stem = PatchStem(in_chans, dims[0], min_size=4 * 2 ** (n - 1))
@@ -274,104 +256,13 @@ class BiFormerSTL(nn.Module):
                 stages.append(STLStage(down, blocks))
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
-            self.head = STLHead(dims[-1], num_classes, global_pool, drop_rate)
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            # the official head: BatchNorm on the map → global pool → dropout → Linear
+            self.head = NormPoolHead(nn.BatchNorm2d(dims[-1]), dims[-1], num_classes, global_pool, drop_rate)
+        self._finish(dtype)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        fine = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
-        return {"stem": r"^stem", "blocks": r"^stages\.(\d+)" if coarse else fine}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        ref = self.stem.conv.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        ).train(self.head.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (floor); ``norm=True`` applies the head's
-        BatchNorm to the last stage's output."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt={output_fmt!r}: BiFormerSTL supports 'NCHW' and 'NHWC'")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.head.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 2, 3, 1) if output_fmt == "NHWC" else y)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.head.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → ``[B, num_features, H/32, W/32]`` (floor), before the head's norm."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
+        x = self.head.norm(x) if norm and last else x  # norm=True: the head's BatchNorm on the last output
+        return x.permute(0, 2, 3, 1) if output_fmt == "NHWC" else x
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -425,10 +316,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
             v = v.flatten(1)  # nchw: Conv2d 1×1 (out, in, 1, 1) → Linear (out, in)
         out[nk] = v
         origin[nk] = k
-    unknown = sorted(origin[nk] for nk in set(out) - set(target))
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in BiFormerSTL: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "BiFormerSTL", origin)
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
