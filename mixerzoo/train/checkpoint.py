@@ -71,15 +71,17 @@ def _jsonable(obj: Any, where: str) -> Any:
 
 
 def state_to_tensors(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, ema: torch.nn.Module | None
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, ema: torch.nn.Module | None, *,
+    model_state: dict[str, torch.Tensor] | None = None, optim_state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split model/optimizer/EMA state into (tensors, JSON-able meta)."""
+    """Split model/optimizer/EMA state into (tensors, JSON-able meta); ``model_state`` / ``optim_state`` replace
+    the modules' own state dicts (the full state of an FSDP-sharded model, :func:`mixerzoo.train.fsdp.full_state`)."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model_state if model_state is not None else model.state_dict()).items():
         tensors[f"model.{k}"] = v.detach()
     meta: dict[str, Any] = {}
     if optimizer is not None:
-        sd = optimizer.state_dict()
+        sd = optim_state if optim_state is not None else optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
         for pid, pstate in sd["state"].items():
             for key, val in pstate.items():
@@ -105,11 +107,14 @@ def save_checkpoint(
     ema: torch.nn.Module | None = None,
     state: dict[str, Any] | None = None,
     keep: int = 2,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optim_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step_<step>`` atomically and make it ``latest``; keep the newest ``keep``."""
+    """Write checkpoint ``step_<step>`` atomically and make it ``latest``; keep the newest ``keep``
+    (``model_state`` / ``optim_state``: see :func:`state_to_tensors`)."""
     ckpt_dir = Path(ckpt_dir)
     name = f"step_{step:07d}"
-    tensors, meta = state_to_tensors(model, optimizer, ema)
+    tensors, meta = state_to_tensors(model, optimizer, ema, model_state=model_state, optim_state=optim_state)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -276,7 +281,11 @@ def restore(
     """
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     _check_fits(model, weights)
-    model.load_state_dict(weights)
+    from .fsdp import is_sharded, load_full_state
+
+    sharded = is_sharded(model)  # FSDP: every rank loads the full state and keeps its shards
+    if not sharded:
+        model.load_state_dict(weights)
     if optimizer is not None and "optimizer" in meta:
         state: dict[int, dict[str, Any]] = {}
         for key, val in tensors.items():
@@ -285,7 +294,13 @@ def restore(
                 state.setdefault(int(pid), {})[name] = val
         for pid, vals in meta["optimizer"].get("scalars", {}).items():
             state.setdefault(int(pid), {}).update(vals)
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        optim_sd = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+        if sharded:
+            load_full_state(model, weights, optimizer, optim_sd)
+        else:
+            optimizer.load_state_dict(optim_sd)
+    elif sharded:
+        load_full_state(model, weights)
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     if ema is not None and meta.get("has_ema"):

@@ -2,6 +2,7 @@
 
 Run under ``torchrun --nproc_per_node N -m mixerzoo.train ...`` it uses DDP (gloo on CPU, nccl on CUDA) with a
 DistributedSampler; the global batch is split across processes, metrics are all-reduced, only rank 0 writes.
+With ``--fsdp`` the model is sharded over the processes instead (FSDP2, :mod:`mixerzoo.train.fsdp`).
 
 Determinism: before every optimizer step the torch/numpy/python RNGs are seeded from (seed, epoch, step), the
 sample order is a function of (seed, epoch) and each sample's augmentation of (seed, epoch, index); so a run
@@ -28,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import rundir
+from . import fsdp, rundir
 from .data import ImageDataset, build_loader, build_transform, open_sources, resolve_data_config, steps_per_epoch
 from .finetune import check_spec, prepare_model, with_folder_spec
 from .optim import create_criterion, create_mixup, create_optimizer, create_scheduler
@@ -145,13 +146,13 @@ def evaluate(
     model.eval()
     loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0.0
     crit = nn.CrossEntropyLoss(reduction="sum")
-    for x, y in loader:
+    for x, y in fsdp.lockstep(loader, model):  # a sharded model: every process runs as many forwards
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp():
             out = model(x)
-        out = out.float()
+        out = out.float()[: y.shape[0]]
         loss_sum += crit(out, y).item()
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
@@ -334,6 +335,10 @@ def _fit(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] | 
                           f"{local_bs} (batch_size={recipe.batch_size} over {d.world} processes)")
     spe = steps_per_epoch(len(train_ds), recipe.batch_size, d.world)
 
+    if recipe.fsdp and d.world > 1:
+        model = fsdp.shard_model(model, d.device)  # before the optimizer: it must hold the shards
+    elif recipe.fsdp:
+        _log.info("fsdp: one process, nothing to shard (--fsdp takes effect under torchrun)")
     optimizer = create_optimizer(model, recipe)
     scheduler = create_scheduler(optimizer, recipe, spe)
     mixup = create_mixup(recipe, len(classes))
@@ -405,7 +410,7 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
     base_seconds = float(state.get("seconds", 0.0))
 
     train_model: nn.Module = model
-    if d.world > 1:
+    if d.world > 1 and not fsdp.is_sharded(model):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -418,10 +423,11 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
     def save(step_in_epoch: int, epoch: int) -> None:
         state.update(epoch=epoch, step_in_epoch=step_in_epoch,
                      seconds=base_seconds + time.perf_counter() - t_start)
+        full = fsdp.full_state(model, optimizer) if fsdp.is_sharded(model) else (None, None)  # every rank
         if d.main:
             ckpt.save_checkpoint(ckpt_dir, step=state["global_step"], model=model, optimizer=optimizer,
                                  scheduler=scheduler, ema=ema.module if ema is not None else None,
-                                 state=state, keep=recipe.keep_ckpts)
+                                 state=state, keep=recipe.keep_ckpts, model_state=full[0], optim_state=full[1])
         _barrier(d)
 
     last_eval: dict[str, float] = {}
@@ -453,9 +459,9 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
             optimizer.zero_grad(set_to_none=True)
             loss_v = 0.0
             # micro-batches of equal size: the mean of their mean losses is the batch's mean loss, so the summed
-            # gradients of loss / accum are the full batch's; DDP all-reduces only after the last one
+            # gradients of loss / accum are the full batch's; DDP/FSDP reduce only after the last one
             for i, (xc, yc) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
-                sync = train_model.no_sync() if d.world > 1 and i < accum - 1 else nullcontext()
+                sync = fsdp.no_sync(train_model) if d.world > 1 and i < accum - 1 else nullcontext()
                 with sync:
                     with amp():
                         output = train_model(xc)
@@ -515,6 +521,9 @@ def _train(recipe: Recipe, mode: str, on_step: Callable[[dict[str, Any]], None] 
     final = evals[-1] if evals else {"val_top1": math.nan, "val_top5": math.nan}
     plot_path = model_dir = None
     export_model = ema.module if ema is not None else model
+    if fsdp.is_sharded(model):
+        plain = fsdp.full_model(model)  # every rank gathers; rank 0 gets the unsharded model (export, result)
+        export_model = plain if plain is not None else model
     if d.main:
         plot_path = plot_history(history, out / "curves.png", title=str(recipe.model))
         if recipe.save_model:

@@ -110,6 +110,8 @@ class Recipe:
     ema: bool = _f(False, "keep an exponential moving average of the weights (timm ModelEmaV3); exported if on")
     ema_decay: float = _f(0.9998, "EMA decay")
     sync_bn: bool = _f(True, "under DDP, BatchNorm statistics over the global batch (SyncBatchNorm, CPU and CUDA)")
+    fsdp: bool = _f(False, "under torchrun, shard parameters, gradients and optimizer state over the processes "
+                           "(FSDP2 fully_shard per block) instead of DDP replicas: for the largest variants")
     amp: str = _f("auto", "autocast: 'bf16', 'none' or 'auto' (bf16 on CUDA, off on CPU)")
     channels_last: bool = _f(True, "use the channels_last memory format (CUDA only)")
     seed: int = _f(0, "seed; data order is a function of (seed, epoch)")
@@ -163,6 +165,8 @@ class Recipe:
             given = "lr" if self.lr is not None else "lr_base * batch_size / lr_base_size"
             raise RecipeError(f"min_lr={self.min_lr!r} is above the learning rate {lr:.4g} ({given}); "
                               "lower --min-lr or raise --lr")
+        if self.fsdp and self.ema:
+            raise RecipeError("fsdp and ema exclude each other: the EMA copy would be a full replica (use --no-ema)")
         if self.resume and self.overwrite:
             raise RecipeError("resume and overwrite exclude each other: --resume continues the run in the output "
                               "directory, --overwrite replaces it")
