@@ -66,7 +66,8 @@ def _cmd_forward(args: argparse.Namespace) -> int:
         out = model(x)
     params = sum(p.numel() for p in model.parameters())
     mixers = ", ".join(f"{k} ({v})" for k, v in mixerzoo.plugins.required_mixers(model).items()) or "-"
-    print(f"{spec.describe()}: {params / 1e6:.2f} M params, mixers: {mixers}; input {tuple(x.shape)} -> {tuple(out.shape)}")
+    print(f"{spec.describe()}: {params / 1e6:.2f} M params, mixers: {mixers}; "
+          f"input {tuple(x.shape)} -> {tuple(out.shape)}")
     return 0
 
 

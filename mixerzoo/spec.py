@@ -236,7 +236,7 @@ class ModelSpec:
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> ModelSpec:
-        """The spec of a :class:`mixerzoo.train.Recipe` (its ``model``, ``mixers``, ``mixer_options``, ``model_args``)."""
+        """The spec of a :class:`mixerzoo.train.Recipe` (``model``, ``mixers``, ``mixer_options``, ``model_args``)."""
         return cls.parse(recipe.model or "", getattr(recipe, "mixers", None), getattr(recipe, "mixer_options", None),
                          getattr(recipe, "model_args", None))
 
@@ -376,7 +376,11 @@ class ModelSpec:
             if key in ("mixers", "mixer_options"):
                 return SpecError(f"{key}: model {self.model!r} takes no mixers (it is not a mixer host)")
             if key in self.model_args:
-                return SpecError(f"model_args: model {self.model!r} does not take {key}={self.model_args[key]!r}")
+                takes = self._arguments()
+                close = difflib.get_close_matches(key, takes, n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                return SpecError(f"model_args: model {self.model!r} does not take {key}={self.model_args[key]!r}"
+                                 f"{hint}")
             if self.mixer_options is not None:
                 return SpecError(f"mixer_options={_show_opts(self.mixer_options)}: a mixer does not take option "
                                  f"{key!r} ({msg})")
@@ -390,6 +394,16 @@ class ModelSpec:
         if self.model_args:
             return SpecError(f"model_args={self.model_args!r}: {msg}")
         return SpecError(f"model {self.model!r}: {msg}")
+
+
+    def _arguments(self) -> list[str]:
+        """The constructor arguments of the model's class (for close matches); empty if it cannot be built."""
+        try:
+            model = _build(self.model, pretrained=False, device="meta")
+        except Exception:  # noqa: BLE001 - suggestions are best effort
+            return []
+        params = inspect.signature(type(model).__init__).parameters
+        return [n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def _show_opts(opts: Any) -> str:

@@ -113,7 +113,7 @@ def test_eval_does_not_check_optimizer_keys():
     ("pooling,pooling,pooling,window", ";;;windw_size=2", None, ["stage 4", "'windw_size'"]),
     ("cbam", None, None, ["mixers='cbam'", "'gate'"]),
     ("acme_mixers.swin", None, None, ["pip install acme-mixers"]),
-    (None, None, ["dpeths=[1,1,1,1]"], ["model_args", "dpeths"]),
+    (None, None, ["dpeths=[1,1,1,1]"], ["model_args", "dpeths", "did you mean 'depths'"]),
     (None, None, ["depths=[1,1]"], ["model_args", "depths"]),
     ("pooling,pooling,neighborhood,bra", ";;kernel_size=3;n_win=1,topk=1,num_heads=2", None,
      ["img_size=32", "small_input='pad_mask'"]),
