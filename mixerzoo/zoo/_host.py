@@ -233,6 +233,9 @@ class LinearHeadBackbone(StagedBackbone):
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool={global_pool!r}: {type(self).__name__} supports 'avg' or ''")
 
+    def _prune_norm(self, max_index: int, prune_norm: bool) -> None:
+        pass  # no final norm unless the family has one (then it overrides this)
+
     def _make_head(self, dim: int, num_classes: int, drop_rate: float) -> None:
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
@@ -40,17 +38,16 @@ from mixerzoo.zoo._blocks import (
     DropPath,
     eager_only,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._blocks import fused_cpu_inference as _fused_inference
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input, refuse_scripting
+from mixerzoo.zoo._checks import refuse_scripting
+from mixerzoo.zoo._host import LinearHeadBackbone, Stage, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["LITv2", "LITv2Config", "checkpoint_filter", "deform_conv2x2_nhwc"]
@@ -292,23 +289,14 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
-class LITStage(nn.Module):
-    def __init__(self, in_dim: int, dim: int, depth: int, *, downsample: bool, dpr: Sequence[float], **block: Any):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = TokenMerging(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[LITBlock(dim, drop_path=dpr[j], **block) for j in range(depth)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
 # ------------------------------------------------------------------------------------------ model
-class LITv2(nn.Module):
-    """LITv2 (MLP-only early stages, HiLo late stages, deformable token merging); input ``[B, C, H, W]``."""
+class LITv2(LinearHeadBackbone):
+    """LITv2 (MLP-only early stages, HiLo late stages, deformable token merging); input ``[B, C, H, W]``; stage
+    outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (ceil), NCHW or NHWC; ``forward_features`` is normed."""
+
+    output_fmts = ("NCHW", "NHWC")
+    stem_pattern = r"^patch_embed"
+    final_norm_pattern = r"^norm"
 
     def __init__(
         self,
@@ -341,147 +329,54 @@ class LITv2(nn.Module):
         if real:
             resolve_mixers(real, len(real), host="LITv2", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool={global_pool!r}: LITv2 supports 'avg' or ''")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._check_pool(global_pool)
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.patch_embed = PatchEmbed(in_chans, dims[0], patch_size)
             stages, self.feature_info = [], []
             for i in range(n):
-                stages.append(
-                    LITStage(
-                        dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, dpr=dpr[i], mixer=names[i],
-                        mixer_options=opts[i], num_heads=num_heads[i], window_size=window_sizes[i], alpha=alpha,
-                        qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, drop=proj_drop_rate,
-                    )
-                )  # fmt: skip
+                down = TokenMerging(dims[i - 1], dims[i]) if i > 0 else nn.Identity()
+                block = {"mixer": names[i], "mixer_options": opts[i], "num_heads": num_heads[i], "alpha": alpha,
+                         "window_size": window_sizes[i], "qkv_bias": qkv_bias, "mlp_ratio": mlp_ratio,
+                         "drop": proj_drop_rate}  # fmt: skip
+                stages.append(Stage(down, [LITBlock(dims[i], drop_path=r, **block) for r in dpr[i]]))
                 self.feature_info.append({"num_chs": dims[i], "reduction": patch_size * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.norm = nn.LayerNorm(dims[-1])
-            self.head_drop = nn.Dropout(drop_rate)
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            self._make_head(dims[-1], num_classes, drop_rate)
+        self._finish(dtype)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
         return self
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, DWMlp):
+    def _init_weights(self, m: nn.Module) -> None:
+        super()._init_weights(m)  # Linear: truncated normal
+        if isinstance(m, DWMlp):
             fan_out = m.dwconv.kernel_size[0] * m.dwconv.kernel_size[1]  # out_channels / groups = 1
             nn.init.normal_(m.dwconv.weight, 0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(m.dwconv.bias)
 
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.patch_embed(x)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        blocks = (
-            r"^stages\.(\d+)"
-            if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]
-        )
-        return {"stem": r"^patch_embed", "blocks": blocks}
+    def _features_out(self, x: Tensor) -> Tensor:
+        return self.norm(x).permute(0, 3, 1, 2)  # the body runs NHWC; forward_features is normed
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
+    def _intermediates_out(self, x: Tensor, full: bool) -> Tensor:
+        return (self.norm(x) if full else x).permute(0, 3, 1, 2)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
+        x = self.norm(x) if norm and last else x  # norm=True: the final LayerNorm on the last output
+        return x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool={global_pool!r}: LITv2 supports 'avg' or ''")
-            self.global_pool = global_pool
-        ref = self.patch_embed.proj.weight
-        self.head = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (``norm``: final LayerNorm on the last stage)."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt={output_fmt!r}: LITv2 supports 'NCHW' or 'NHWC'")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        intermediates = []
-        x = self.patch_embed(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x.permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+    def _prune_norm(self, max_index: int, prune_norm: bool) -> None:
         if prune_norm:
             self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        x = self.patch_embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -505,11 +400,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
         nk = re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", nk)
         nk = nk.replace(".mlp.dwconv.dwconv.", ".mlp.dwconv.")
         out[nk] = v
-    expected = set(model.state_dict())
-    unknown = sorted(set(out) - expected)
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in LITv2: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "LITv2")
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
