@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     register_mixer("fourier", FourierMixer, override=True)
     n, val = (256, 128) if args.quick else (args.n, max(500, args.n // 6))
     out = Path(args.output + ("_quick" if args.quick and args.output == "runs/bench_compare" else ""))
+    data = f"pathfinder:{args.size}?n={n}&val={val}&seed=0" + (f"&{args.knobs}" if args.knobs else "")
     cmd = ["compare", "test_poolformer", "--mixers", ",".join(MIXERS), "--mixer-options", json.dumps(OPTIONS),
-           "--data", f"pathfinder:{args.size}?n={n}&val={val}&seed=0" + (f"&{args.knobs}" if args.knobs else ""), "--img-size", str(args.size),
+           "--data", data, "--img-size", str(args.size),
            "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "0.05", "--workers", "0", "--no-save-model",
            "--seed", "0", "--bench-iters", "3" if args.quick else "10", "--output", str(out)]
     cmd += ["--epochs", "1"] if args.quick else ["--minutes", str(args.minutes), "--warmup-epochs", "1"]

@@ -497,6 +497,7 @@ def compare(jobs: Sequence[CompareJob], output: Path, *, invalid: dict[int, str]
             atomic_write_text(job.folder / "job.json", json.dumps(job.key(), indent=2))
             rows.append(_run_isolated(job, progress) if isolate else _run_here(job))
             outer.update(1)
+            _ratios(rows)
             write_report(rows + [{**_base_row(j), "status": "pending"} for j in jobs[len(rows):]], output)
         outer.close()
         _ratios(rows)
