@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
@@ -32,7 +31,6 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
@@ -44,6 +42,7 @@ from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, 
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._checks import check_input, image_size, refuse_scripting
+from mixerzoo.zoo._host import LinearHeadBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenPVT", "FLattenPVTConfig", "checkpoint_filter"]
@@ -139,8 +138,9 @@ class PVTStage(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ model
-class FLattenPVT(nn.Module):
-    """PVT (v1) host with per-stage registry mixers (FLatten: ``focused_linear`` everywhere)."""
+class FLattenPVT(LinearHeadBackbone):
+    """PVT (v1) host with per-stage registry mixers (FLatten: ``focused_linear`` everywhere). Stage outputs
+    ``[B, C_i, H/4·2^-i, W/4·2^-i]``, NCHW (there is no final norm; ``norm`` is a no-op)."""
 
     def __init__(
         self,
@@ -170,13 +170,11 @@ class FLattenPVT(nn.Module):
         n = len(depths)
         names = resolve_mixers(mixers, n, host="FLattenPVT", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool={global_pool!r}: FLattenPVT supports 'avg' or ''")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._check_pool(global_pool)
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         img_h, img_w = image_size(img_size)
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
@@ -195,27 +193,15 @@ class FLattenPVT(nn.Module):
                 )  # fmt: skip
                 self.feature_info.append({"num_chs": dims[i], "reduction": reduction, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
-            self.head_drop = nn.Dropout(drop_rate)
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            self._make_head(dims[-1], num_classes, drop_rate)
+        self._finish(dtype)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
         return self
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
+    def _embed(self, x: Tensor) -> Tensor:
+        return x  # no stem: every stage starts with its own patch embedding
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -225,64 +211,6 @@ class FLattenPVT(nn.Module):
             else [(r"^stages\.(\d+)\.(?:patch_embed|pos_embed)", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
         )
         return {"stem": r"^stages\.0\.(?:patch_embed|pos_embed)", "blocks": blocks}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool={global_pool!r}: FLattenPVT supports 'avg' or ''")
-            self.global_pool = global_pool
-        ref = self.stages[0].pos_embed
-        self.head = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (there is no final norm; ``norm`` is a no-op)."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r}: FLattenPVT supports 'NCHW' only")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
@@ -299,15 +227,6 @@ class FLattenPVT(nn.Module):
         # buffers; measured best at 224² against chunking one or two stages)
         head = self.stages[:3]
         return self.stages[3:](torch.cat([head(c) for c in x.split(n)]))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -328,11 +247,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
         nk = re.sub(r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.pos_embed", nk)
         nk = re.sub(r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.", nk)
         out[nk] = v
-    expected = set(model.state_dict())
-    unknown = sorted(set(out) - expected)
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in FLattenPVT: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "FLattenPVT")
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
