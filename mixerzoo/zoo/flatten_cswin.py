@@ -33,17 +33,16 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._blocks import FusedMlp as Mlp
 from mixerzoo.zoo._builder import build_backbone
-from mixerzoo.zoo._checks import check_input, image_size, refuse_scripting
+from mixerzoo.zoo._checks import image_size, refuse_scripting
+from mixerzoo.zoo._host import LinearHeadBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenCSwin", "FLattenCSwinConfig", "checkpoint_filter"]
@@ -130,8 +129,11 @@ class CSwinStage(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ model
-class FLattenCSwin(nn.Module):
-    """CSWin host with per-stage registry mixers (FLatten: focused-linear ``cross_shaped`` in "L" stages)."""
+class FLattenCSwin(LinearHeadBackbone):
+    """CSWin host with per-stage registry mixers (FLatten: focused-linear ``cross_shaped`` in "L" stages). Stage
+    outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]``, NCHW; ``forward_features`` is normed."""
+
+    final_norm_pattern = r"^norm"
 
     def __init__(
         self,
@@ -162,14 +164,12 @@ class FLattenCSwin(nn.Module):
         n = len(depths)
         names = resolve_mixers(mixers, n, host="FLattenCSwin", kinds=("mixer",), layouts=("nchw", "nhwc", "nlc"))
         opts = stage_options(mixer_options, n)
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool={global_pool!r}: FLattenCSwin supports 'avg' or ''")
+        self._check_pool(global_pool)
         dims = [embed_dim * 2**i for i in range(n)]
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         img_h, img_w = image_size(img_size)
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
@@ -197,90 +197,21 @@ class FLattenCSwin(nn.Module):
                 self.feature_info.append({"num_chs": dims[i], "reduction": 4 * 2**i, "module": f"stages.{i}"})
             self.stages = nn.Sequential(*stages)
             self.norm = nn.LayerNorm(dims[-1])
-            self.head_drop = nn.Dropout(drop_rate)
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+            self._make_head(dims[-1], num_classes, drop_rate)
+        self._finish(dtype)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
         return self
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _features_out(self, x: Tensor) -> Tensor:
+        return self.norm(x).permute(0, 3, 1, 2)  # the body runs NHWC; forward_features is normed
 
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
+    def _intermediates_out(self, x: Tensor, full: bool) -> Tensor:
+        return (self.norm(x) if full else x).permute(0, 3, 1, 2)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        blocks = (
-            r"^stages\.(\d+)"
-            if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]
-        )
-        return {"stem": r"^stem", "blocks": blocks}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool={global_pool!r}: FLattenCSwin supports 'avg' or ''")
-            self.global_pool = global_pool
-        ref = self.stem.conv.weight
-        self.head = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]``; ``norm`` applies the final norm to the last stage's."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r}: FLattenCSwin supports 'NCHW' only")
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        intermediates = []
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2))
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x.permute(0, 3, 1, 2), intermediates
+    def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
+        return (self.norm(x) if norm and last else x).permute(0, 3, 1, 2)  # norm=True: the final norm, last
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -295,26 +226,6 @@ class FLattenCSwin(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_chans, H, W]`` → ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]`` (final norm applied)."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.norm(x).permute(0, 3, 1, 2)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ------------------------------------------------------------------------------ checkpoint filter
@@ -355,13 +266,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
             out[nk] = v
     else:
         out = sd
-    expected = set(model.state_dict())
-    unknown = sorted(set(out) - expected)
-    if unknown:
-        raise KeyError(
-            f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in FLattenCSwin: {unknown[:8]}"
-        )
-    return out
+    return strict_filter(out, model, "FLattenCSwin")
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
