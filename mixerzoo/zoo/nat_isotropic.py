@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SelectAdaptivePool2d, register_notrace_module
+from timm.layers import register_notrace_module
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
@@ -55,6 +55,7 @@ from mixerzoo.zoo._blocks import (
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
 from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._host import NormPoolHead, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttentionRPB", "NATIsotropic", "NATIsotropicConfig", "checkpoint_filter"]
@@ -172,23 +173,6 @@ class IsoBlock(nn.Module):
         return run_mixer(self.token_mixer, x, "nhwc")
 
 
-# Copied from mixerzoo.zoo.nat.NATHead with NATHead->IsoHead
-class IsoHead(nn.Module):
-    """LayerNorm over channels → global pool → dropout → Linear; takes ``[B, C, H, W]``."""
-
-    def __init__(self, dim: int, num_classes: int, global_pool: str, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = self.drop(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-
 # ------------------------------------------------------------------------------------------ model
 class NATIsotropic(nn.Module):
     """Isotropic NAT / DiNAT / ViT-rpb on ``[B, C, H, W]``: one ``H/p × W/p`` token grid throughout."""
@@ -249,7 +233,8 @@ class NATIsotropic(nn.Module):
             self.feature_info = [
                 {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"} for i in range(depth)
             ]
-            self.head = IsoHead(embed_dim, num_classes, global_pool, drop_rate)
+            norm = nn.LayerNorm(embed_dim)
+            self.head = NormPoolHead(norm, embed_dim, num_classes, global_pool, drop_rate, channels_last_norm=True)
         init_weights(self, self._init_weights)  # skipped on meta
         if dtype is not None:
             self.to(dtype=dtype)
@@ -282,13 +267,7 @@ class NATIsotropic(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-            self.head.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        ref = self.patch_embed.proj.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        ).train(self.head.training)
+        self.head.reset(self.num_features, num_classes, global_pool, self.patch_embed.proj.weight)
 
     def forward_intermediates(
         self,
@@ -379,12 +358,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
             nk = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", nk)
         out[nk] = v
         origin[nk] = k
-    expected = set(model.state_dict())
-    unknown = sorted(origin[nk] for nk in set(out) - expected)
-    if unknown:
-        n = len(unknown)
-        raise KeyError(f"checkpoint_filter: {n} checkpoint keys match nothing in NATIsotropic: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "NATIsotropic", origin)
 
 
 def _check_official_index(key: str, index: Tensor) -> None:

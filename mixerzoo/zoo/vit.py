@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import DropPath, Mlp, factory, init_weights, make_mixer, resolve_mixers, trunc_normal_
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
 from mixerzoo.zoo._checks import check_input
+from mixerzoo.zoo._host import strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["VisionTransformer", "ViTConfig", "checkpoint_filter"]
@@ -274,10 +275,7 @@ def checkpoint_filter(state_dict: dict[str, Tensor], model: VisionTransformer) -
         if k == "pos_embed" and v.shape != model.pos_embed.shape:
             v = resample_abs_pos_embed(v, new_size=model.patch_embed.grid_size, num_prefix_tokens=1)
         out[k] = v
-    unknown = sorted(set(out) - set(model.state_dict()))
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in ViT: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "ViT")
 
 
 def _cfg(**kw: Any) -> dict[str, Any]:
