@@ -143,3 +143,14 @@ def test_specs_file_with_per_stage_mixers(tmp_path: Path) -> None:
     assert specs[1][0].mixers == ["pooling", "pooling", "attention", "attention"] and specs[2][0].model == "test_vit"
     per_stage = parse_spec_list("test_poolformer", "pooling,pooling/attention/attention/attention")
     assert per_stage[1].mixers == ["pooling", "attention", "attention", "attention"]
+
+
+def test_minutes_budget_decides_epochs_once(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["compare", "test_poolformer", "--mixers", "pooling", *TINY[2:], "--minutes", "0.02", "--output", str(out)]
+    assert main(args) == 0
+    budget = json.loads((out / "specs" / "0-pooling" / "budget.json").read_text())
+    row = _rows(out)[0]
+    assert budget["minutes"] == 0.02 and budget["epochs"] >= 1 and row["epochs"] == budget["epochs"]
+    recipe = json.loads((out / "specs" / "0-pooling" / "run" / "recipe.json").read_text())
+    assert recipe["epochs"] == budget["epochs"]
