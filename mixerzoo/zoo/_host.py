@@ -99,6 +99,7 @@ class StagedBackbone(nn.Module):
     init_types: tuple[type, ...] = (nn.Linear,)
     no_weight_decay_suffixes: tuple[str, ...] = ()
     stem_pattern: str = r"^stem"
+    body_name: str = "stages"  # the stage container's attribute (group_matcher patterns; see _body)
     final_norm_pattern: str | None = None  # group_matcher: norms that belong after the last block
 
     def _setup(self, *, in_chans: int, num_classes: int, global_pool: str, drop_rate: float, num_features: int) -> None:
@@ -139,6 +140,14 @@ class StagedBackbone(nn.Module):
         if prune_norm:
             self.head.norm = nn.Identity()
 
+    def _body(self) -> nn.Sequential:
+        """The stage container (a family whose container is not ``stages`` overrides this, ``_set_body`` and
+        ``forward_features``: TorchScript compiles ``forward_features``, which reads ``self.stages`` directly)."""
+        return self.stages
+
+    def _set_body(self, body: nn.Sequential) -> None:
+        self.stages = body
+
     # ---- timm contract -----------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -147,15 +156,16 @@ class StagedBackbone(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        fine: list[Any] = [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)]
+        b = self.body_name
+        fine: list[Any] = [(rf"^{b}\.(\d+)\.downsample", (0,)), (rf"^{b}\.(\d+)\.blocks\.(\d+)", None)]
         if self.final_norm_pattern is not None:
             fine.append((self.final_norm_pattern, (99999,)))
-        return {"stem": self.stem_pattern, "blocks": r"^stages\.(\d+)" if coarse else fine}
+        return {"stem": self.stem_pattern, "blocks": rf"^{b}\.(\d+)" if coarse else fine}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-        for s in self.stages:
+        for s in self._body():
             s.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -183,24 +193,26 @@ class StagedBackbone(nn.Module):
         if output_fmt not in self.output_fmts:
             fmts = " and ".join(repr(f) for f in self.output_fmts) + (" only" if len(self.output_fmts) == 1 else "")
             raise ValueError(f"output_fmt={output_fmt!r}: {type(self).__name__} supports {fmts}")
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        body = self._body()
+        take, max_index = feature_take_indices(len(body), indices)
         intermediates = []
         x = self._embed(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        last = len(body) - 1
+        stages = body if torch.jit.is_scripting() or not stop_early else body[: max_index + 1]
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take:
                 intermediates.append(self._intermediate(i, x, norm, i == last, output_fmt))
         if intermediates_only:
             return intermediates
-        return self._intermediates_out(x, len(stages) == len(self.stages)), intermediates
+        return self._intermediates_out(x, len(stages) == len(body)), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
+        body = self._body()
+        take, max_index = feature_take_indices(len(body), indices)
+        self._set_body(body[: max_index + 1])
         if getattr(self, "out_norms", None) is not None:
             self.out_norms = self.out_norms[: max_index + 1]
         self._prune_norm(max_index, prune_norm)

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
@@ -35,18 +34,17 @@ from torch import Tensor, nn
 from mixerzoo.zoo._blocks import (
     DropPath,
     factory,
-    init_weights,
     make_mixer,
     resolve_mixers,
     run_mixer,
     stage_dpr,
     stage_options,
-    trunc_normal_,
 )
 from mixerzoo.zoo._blocks import FusedMlp as Mlp, PatchEmbedNHWC as PatchEmbed, fused_cpu_inference as _fused_inference  # noqa: F401
 from mixerzoo.zoo._blocks import fused_mlp_residual, inference_chunk_size
 from mixerzoo.zoo._builder import build_backbone
 from mixerzoo.zoo._checks import check_input, image_size, refuse_scripting
+from mixerzoo.zoo._host import StagedBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["FLattenSwin", "FLattenSwinConfig", "checkpoint_filter"]
@@ -139,8 +137,16 @@ class SwinStage(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ model
-class FLattenSwin(nn.Module):
-    """Swin host with per-stage registry mixers (FLatten: ``focused_linear`` ×2, ``window`` ×2)."""
+class FLattenSwin(StagedBackbone):
+    """Swin host with per-stage registry mixers (FLatten: ``focused_linear`` ×2, ``window`` ×2). Stage outputs
+    ``[B, C_i, H/4·2^-i, W/4·2^-i]``, NCHW or NHWC; ``forward_features`` is normed. The head is timm Swin's
+    (``head.fc``: average → dropout → Linear)."""
+
+    output_fmts = ("NCHW", "NHWC")
+    no_weight_decay_suffixes = ("relative_position_bias_table", "positional_encoding")
+    stem_pattern = r"^patch_embed"
+    final_norm_pattern = r"^norm"
+    body_name = "layers"
 
     def __init__(
         self,
@@ -174,11 +180,10 @@ class FLattenSwin(nn.Module):
             raise ValueError(f"global_pool={global_pool!r}: FLattenSwin supports 'avg' or ''")
         img_h, img_w = image_size(img_size)
         dims = [embed_dim * 2**i for i in range(n)]
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = False
+        self._setup(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, drop_rate=drop_rate,
+            num_features=dims[-1],
+        )  # fmt: skip
         dpr = stage_dpr(depths, drop_path_rate)
         with factory(device):
             self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
@@ -197,99 +202,36 @@ class FLattenSwin(nn.Module):
             self.layers = nn.Sequential(*layers)
             self.norm = nn.LayerNorm(dims[-1])
             self.head = _Head(dims[-1], num_classes, drop_rate)
-        init_weights(self, self._init_weights)  # skipped on meta
-        if dtype is not None:
-            self.to(dtype=dtype)
+        self._finish(dtype)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_scripting(self)  # torch.jit.script: one clear line instead of a TorchScript frontend error
         return self
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _body(self) -> nn.Sequential:
+        return self.layers  # timm's Swin key layout: layers.i
 
-    # ---- timm contract -----------------------------------------------------------------------
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith(("relative_position_bias_table", "positional_encoding"))}
+    def _set_body(self, body: nn.Sequential) -> None:
+        self.layers = body
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        blocks = (
-            r"^layers\.(\d+)"
-            if coarse
-            else [(r"^layers\.(\d+)\.downsample", (0,)), (r"^layers\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))]
-        )
-        return {"stem": r"^patch_embed", "blocks": blocks}
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.patch_embed(x)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.layers:
-            s.grad_checkpointing = enable
+    def _intermediates_out(self, x: Tensor, full: bool) -> Tensor:
+        return (self.norm(x) if full else x).permute(0, 3, 1, 2)  # the final norm only on a full pass
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
+    def _intermediate(self, i: int, x: Tensor, norm: bool, last: bool, output_fmt: str) -> Tensor:
+        x = self.norm(x) if norm and last else x  # norm=True: the final LayerNorm on the last output
+        return x.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool={global_pool!r}: FLattenSwin supports 'avg' or ''")
-            self.global_pool = global_pool
-        ref = self.patch_embed.proj.weight
-        self.head.fc = (
-            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-            if num_classes > 0
-            else nn.Identity()
-        )
-        self.head.fc.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs ``[B, C_i, H/4·2^-i, W/4·2^-i]`` (``norm``: final LayerNorm on the last stage)."""
-        if not torch.jit.is_scripting():
-            check_input(self, x)  # one-line error naming the model and (B, C, H, W)
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt={output_fmt!r}: FLattenSwin supports 'NCHW' or 'NHWC'")
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        last = len(self.layers) - 1
-        intermediates = []
-        x = self.patch_embed(x)
-        layers = self.layers if torch.jit.is_scripting() or not stop_early else self.layers[: max_index + 1]
-        for i, stage in enumerate(layers):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        if len(layers) == len(self.layers):
-            x = self.norm(x)
-        return x.permute(0, 3, 1, 2), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
+    def _prune_norm(self, max_index: int, prune_norm: bool) -> None:
         if prune_norm:
             self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None and global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}: FLattenSwin supports 'avg' or ''")
+        super().reset_classifier(num_classes, global_pool)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_chans, H, W]`` → normed ``[B, num_features, ⌈H/32⌉, ⌈W/32⌉]``."""
@@ -318,9 +260,6 @@ class FLattenSwin(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, self.global_pool, pre_logits=pre_logits)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 class _Head(nn.Module):
     """Global average → dropout → ``fc`` (timm's Swin ``head.fc`` key)."""
@@ -329,6 +268,10 @@ class _Head(nn.Module):
         super().__init__()
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_features: int, num_classes: int, global_pool: str | None, ref: Tensor) -> None:
+        fc = nn.Linear(num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else None
+        self.fc = (fc if fc is not None else nn.Identity()).train(self.training)
 
     def forward(self, x: Tensor, global_pool: str, pre_logits: bool = False) -> Tensor:
         if global_pool == "avg":
@@ -358,11 +301,7 @@ def checkpoint_filter(state_dict: Mapping[str, Tensor], model: nn.Module) -> dic
             nk = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", nk)
             nk = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", nk)
         out[nk] = v
-    expected = set(model.state_dict())
-    unknown = sorted(set(out) - expected)
-    if unknown:
-        raise KeyError(f"checkpoint_filter: {len(unknown)} checkpoint keys match nothing in FLattenSwin: {unknown[:8]}")
-    return out
+    return strict_filter(out, model, "FLattenSwin")
 
 
 # ------------------------------------------------------------------------------ pretrained cfgs
