@@ -285,7 +285,8 @@ def open_sources(data: str, val_data: str | None = None, *, val_split: float = 0
         vp, vl = _filter_readable([paths[i] for i in va], [labels[i] for i in va], f"data {str(root)!r}", verify)
         return train, Source(vp, vl, classes, f"{root.name}/val")
     if not root.exists():
-        raise RecipeError(f"data: {data!r} is neither 'digits', an existing directory, nor a .csv/.json manifest")
+        raise RecipeError(f"data: {data!r} is neither 'digits', an existing directory, a .csv/.json manifest, "
+                          "hfds:PATH, wds:SHARDS nor pathfinder:SIZE")
     split_dirs = {p.name: p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
     val_dir = next((split_dirs[n] for n in _VAL_DIRS if n in split_dirs), None)
     if "train" in split_dirs and val_dir is not None and val_data is None:

@@ -69,7 +69,9 @@ class Recipe:
         "help": "architecture overrides of the family's config: key=value ... (values are JSON literals), e.g. "
                 "depths=[1,1,2,1] dims=[32,64,96,128]", "spec": True})
     # data
-    data: str = _f("digits", "'digits' (bundled, no download), an ImageFolder directory, or a .csv/.json manifest")
+    data: str = _f("digits", "'digits' (bundled, no download), an ImageFolder directory, a .csv/.json manifest, "
+                           "hfds:PATH (Hugging Face datasets), wds:SHARDS (WebDataset tar shards, streamed) or "
+                           "pathfinder:32|64 (procedural, no download)")
     val_data: str | None = _f(None, "separate validation source (default: the data's own val split)")
     val_split: float = _f(0.1, "fraction held out for validation when the data has no split")
     verify_images: bool = _f(True, "decode every file once at start and skip unreadable ones (off: substitute on failure)")
