@@ -2,7 +2,7 @@
 measured under one recipe, seed, data order and budget.
 
 Every spec trains in its own run folder ``<output>/specs/<i>-<slug>/run`` through the training recipe
-(:func:`mixerzoo.train.loop.fit`), in a child process forked per spec, so that
+(:func:`mixerzoo.train.loop.fit`), in a child process spawned per spec, so that
 
 * its peak memory is its own (``mem_kind`` says which figure): on CPU ``cpu_step_rss``, the resident-set
   high-water mark of a training step after two warm-up steps (``/proc/self/status`` ``VmHWM``, reset through
@@ -421,11 +421,23 @@ def _base_row(job: CompareJob) -> dict[str, Any]:
     return {"index": job.index, "label": job.label, "spec": job.spec.describe(), "folder": str(job.folder)}
 
 
-def _child(job: CompareJob, conn: Any) -> None:
+def _in_process_mixers() -> list[tuple[str, type]]:
+    """Mixers registered with ``register_mixer`` in this process: a spawned child registers them again (their
+    classes travel by reference, so they must be importable: a module, a test file, the ``__main__`` script)."""
+    from mixerzoo.plugins._registry import _REGISTRY, IN_PROCESS
+
+    return [(s.name, s.cls) for providers in list(_REGISTRY._specs.values()) for s in providers if s.dist == IN_PROCESS]
+
+
+def _child(job: CompareJob, conn: Any, mixers: Sequence[tuple[str, type]] = ()) -> None:
     _die_with_parent()
     logging.getLogger().setLevel(logging.WARNING)
     code = 0
     try:
+        from mixerzoo.plugins import register_mixer
+
+        for name, cls in mixers:
+            register_mixer(name, cls, override=True)
         run_job(job, send=conn.send)
         conn.send(("done",))
     except BaseException as e:  # noqa: BLE001 - reported as the spec's row; the comparison goes on
@@ -464,7 +476,7 @@ def _check_folder(job: CompareJob) -> None:
 
 def compare(jobs: Sequence[CompareJob], output: Path, *, invalid: dict[int, str] | None = None,
             progress: bool = True, isolate: bool = True) -> list[dict[str, Any]]:
-    """Run every job not finished yet (one forked child each, or in this process with ``isolate=False``), then
+    """Run every job not finished yet (one spawned child each, or in this process with ``isolate=False``), then
     write the report. Returns the rows in spec order."""
     from tqdm.auto import tqdm
 
@@ -525,10 +537,12 @@ def _run_isolated(job: CompareJob, progress: bool) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
+    # spawn, never fork: a child forked from a process whose OpenMP / BLAS / runtime threads hold locks can hang
+    # forever in its first parallel region (seen: the first spec's child waiting on a futex)
+    ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(job, send), name=f"compare-{job.index}", daemon=False)
+    proc = ctx.Process(target=_child, args=(job, send, _in_process_mixers()), name=f"compare-{job.index}",
+                       daemon=False)
     proc.start()
     send.close()
     bar = tqdm(desc=f"  {job.label}", unit="step", disable=not progress, position=1, leave=False,
