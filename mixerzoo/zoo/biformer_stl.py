@@ -49,7 +49,7 @@ from mixerzoo.zoo._blocks import (
     stage_options,
 )
 from mixerzoo.zoo._builder import build_backbone, unwrap_state_dict
-from mixerzoo.zoo._host import NormPoolHead, StagedBackbone, strict_filter
+from mixerzoo.zoo._host import NormPoolHead, Stage, StagedBackbone, strict_filter
 from mixerzoo.zoo._registry import register_backbone
 
 __all__ = ["AttentionLePEV", "BiFormerSTL", "BiFormerSTLConfig", "checkpoint_filter"]
@@ -172,14 +172,8 @@ class NormDownsample(nn.Module):
         return self.conv(self.norm(x))
 
 
-class STLStage(nn.Module):
+class STLStage(Stage):
     """Downsample (NCHW) → blocks (NHWC) → NCHW."""
-
-    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x).permute(0, 2, 3, 1)
